@@ -1,0 +1,19 @@
+//! `sd-core` is a Stable Diffusion engine for programs that embed it. It loads the checkpoints
+//! people download (diffusers folders and single-file `.safetensors` in the original layout),
+//! never runs code from a file, and turns prompts into images on the CPU, with a CUDA backend
+//! chosen at run time where it is built in.
+//!
+//! The pieces, in the order data flows through them: [`tokenizer`] (CLIP BPE) → [`models::clip`]
+//! (text encoder) → the denoising loop of [`pipeline`] over [`models::unet`] driven by a
+//! [`schedulers`] scheduler and seeded [`noise`] → [`models::vae`] → [`image`] (PNG with the
+//! generation parameters). [`weights`] reads and validates model files; [`tensor`] and the
+//! backends do the arithmetic.
+#![deny(missing_docs)]
+
+pub(crate) mod backend;
+pub mod error;
+pub mod tensor;
+pub mod weights;
+
+pub use error::{Error, ErrorKind, Result};
+pub use tensor::{DType, Device, Shape, Tensor};
