@@ -99,6 +99,18 @@ impl Tensor {
         self.activate(Activation::Gelu)
     }
 
+    /// `exp(x)`, element-wise.
+    pub fn exp(&self) -> Result<Tensor> {
+        match self.storage() {
+            Storage::Cpu(x) => {
+                let mut out = x.clone();
+                elementwise::map_inplace(&mut out, f32::exp);
+                Ok(cpu_tensor(out, self.shape.clone()))
+            }
+            Storage::Cuda(c) => match *c {},
+        }
+    }
+
     /// `x * mul + add`, element-wise.
     pub fn affine(&self, mul: f32, add: f32) -> Result<Tensor> {
         match self.storage() {
@@ -488,14 +500,16 @@ impl Tensor {
     // --- attention -----------------------------------------------------------------------------
 
     /// Multi-head attention `softmax(q kᵀ · scale) v`. `q` is `[b, q_len, heads·d]`, `k` and `v`
-    /// are `[b, kv_len, heads·d]`; returns `[b, q_len, heads·d]`. Scores are computed in blocks of
-    /// query rows, so memory grows with `kv_len x block`, never `q_len x kv_len`.
+    /// are `[b, kv_len, heads·d]`; returns `[b, q_len, heads·d]`. With `causal`, query `i` sees
+    /// keys `0..=i` only. Scores are computed in blocks of query rows, so memory grows with
+    /// `kv_len x block`, never `q_len x kv_len`.
     pub fn attention(
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
         heads: usize,
         scale: f32,
+        causal: bool,
     ) -> Result<Tensor> {
         for t in [q, k, v] {
             t.expect_rank("attention", 3)?;
@@ -531,7 +545,7 @@ impl Tensor {
         };
         match q.storage() {
             Storage::Cpu(qd) => Ok(cpu_tensor(
-                attention::attention(qd, cpu(k), cpu(v), shape, scale),
+                attention::attention(qd, cpu(k), cpu(v), shape, scale, causal),
                 q.shape.clone(),
             )),
             Storage::Cuda(c) => match *c {},
@@ -666,6 +680,28 @@ impl Tensor {
             Storage::Cpu(x) => Ok(cpu_tensor(
                 layout::upsample_nearest2x_nhwc(x, b, h, w, c),
                 [b, 2 * h, 2 * w, c],
+            )),
+            Storage::Cuda(c) => match *c {},
+        }
+    }
+
+    /// Nearest-neighbour resize of an NHWC tensor to `out_h x out_w`, with PyTorch's
+    /// `interpolate(mode="nearest", size=…)` index rule (`floor(dst · in / out)` in `f32`).
+    pub fn upsample_nearest(&self, out_h: usize, out_w: usize) -> Result<Tensor> {
+        self.expect_rank("upsample_nearest", 4)?;
+        let [b, h, w, c] = [
+            self.dims()[0],
+            self.dims()[1],
+            self.dims()[2],
+            self.dims()[3],
+        ];
+        if out_h == 2 * h && out_w == 2 * w {
+            return self.upsample_nearest2x();
+        }
+        match self.storage() {
+            Storage::Cpu(x) => Ok(cpu_tensor(
+                layout::upsample_nearest_nhwc(x, [b, h, w, c], out_h, out_w),
+                [b, out_h, out_w, c],
             )),
             Storage::Cuda(c) => match *c {},
         }

@@ -206,6 +206,8 @@ struct Entry {
 pub struct WeightStore {
     sources: Vec<Arc<dyn TensorSource>>,
     index: HashMap<String, Entry>,
+    /// When set, every lookup succeeds with deterministic random values (see [`WeightStore::synthetic`]).
+    synthetic_seed: Option<u64>,
 }
 
 impl fmt::Debug for WeightStore {
@@ -223,6 +225,19 @@ impl WeightStore {
         WeightStore {
             sources: Vec::new(),
             index: HashMap::new(),
+            synthetic_seed: None,
+        }
+    }
+
+    /// A store that answers every lookup with deterministic pseudo-random values of the requested
+    /// shape, derived from `seed` and the tensor's name: for benchmarks and smoke tests at real
+    /// model sizes without any file. Matrices and kernels are drawn with standard deviation
+    /// `1/sqrt(fan_in)`, one-dimensional `weight`s (norm scales) near 1, everything else near 0,
+    /// so activations keep a sane scale through deep networks.
+    pub fn synthetic(seed: u64) -> Self {
+        WeightStore {
+            synthetic_seed: Some(seed),
+            ..WeightStore::new()
         }
     }
 
@@ -313,6 +328,13 @@ impl WeightStore {
     /// [`Error::MissingWeight`] naming the tensor, [`Error::WeightShape`] with both shapes, or a
     /// read error from the source.
     pub fn get(&self, name: &str, expected: &Shape, device: Device) -> Result<Tensor> {
+        if let Some(seed) = self.synthetic_seed {
+            return Tensor::from_vec(
+                synthetic_values(seed, name, expected),
+                expected.clone(),
+                device,
+            );
+        }
         let e = self.index.get(name).ok_or_else(|| Error::MissingWeight {
             name: name.to_string(),
             source_desc: self.describe(),
@@ -357,6 +379,35 @@ impl Default for WeightStore {
     fn default() -> Self {
         WeightStore::new()
     }
+}
+
+/// Deterministic pseudo-random values for [`WeightStore::synthetic`].
+fn synthetic_values(seed: u64, name: &str, shape: &Shape) -> Vec<f32> {
+    // FNV-1a of the name, mixed with the seed, drives a splitmix64 stream.
+    let mut state = name.bytes().fold(0xcbf2_9ce4_8422_2325u64 ^ seed, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut next_unit = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        // uniform in [-1, 1): variance 1/3
+        (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    };
+    let dims = shape.dims();
+    let (center, spread) = if dims.len() >= 2 {
+        let fan_in: usize = dims[1..].iter().product();
+        (0.0, (3.0 / fan_in.max(1) as f64).sqrt())
+    } else if name.ends_with("weight") {
+        (1.0, 0.1)
+    } else {
+        (0.0, 0.05)
+    };
+    (0..shape.elem_count())
+        .map(|_| (center + spread * next_unit()) as f32)
+        .collect()
 }
 
 fn trim_trailing_ones(dims: &[usize]) -> &[usize] {

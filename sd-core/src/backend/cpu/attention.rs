@@ -29,6 +29,7 @@ pub(crate) fn attention(
     v: &[f32],
     s: AttentionShape,
     scale: f32,
+    causal: bool,
 ) -> Vec<f32> {
     let width = s.heads * s.head_dim;
     let block = (SCORE_BUDGET / s.kv_len.max(1))
@@ -82,6 +83,13 @@ pub(crate) fn attention(
                                 false,
                                 gemm_threads,
                             );
+                            if causal {
+                                // Query i may attend to keys 0..=i only (CLIP's text encoder).
+                                for (r, row) in scores.chunks_mut(s.kv_len).enumerate() {
+                                    let first_masked = (q0 + r + 1).min(s.kv_len);
+                                    row[first_masked..].fill(f32::NEG_INFINITY);
+                                }
+                            }
                             softmax_rows_scaled(scores, s.kv_len, scale);
                             // head_out = p · v  ([rows, kv_len] x [kv_len, d])
                             sgemm(
@@ -109,13 +117,17 @@ pub(crate) fn attention(
     out
 }
 
-/// Row-wise `softmax(x · scale)` in place.
+/// Row-wise `softmax(x · scale)` in place; `-inf` entries (masked) become 0.
 pub(crate) fn softmax_rows_scaled(x: &mut [f32], width: usize, scale: f32) {
     for row in x.chunks_mut(width) {
         let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
         let mut sum = 0.0f32;
         for v in row.iter_mut() {
-            *v = (*v * scale - max).exp();
+            *v = if *v == f32::NEG_INFINITY {
+                0.0
+            } else {
+                (*v * scale - max).exp()
+            };
             sum += *v;
         }
         let inv = 1.0 / sum;
@@ -127,13 +139,25 @@ pub(crate) fn softmax_rows_scaled(x: &mut [f32], width: usize, scale: f32) {
 mod tests {
     use super::*;
 
-    fn naive(q: &[f32], k: &[f32], v: &[f32], s: AttentionShape, scale: f32) -> Vec<f32> {
+    fn naive(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        s: AttentionShape,
+        scale: f32,
+        causal: bool,
+    ) -> Vec<f32> {
         let w = s.heads * s.head_dim;
         let mut out = vec![0.0; s.batch * s.q_len * w];
         for b in 0..s.batch {
             for h in 0..s.heads {
                 for i in 0..s.q_len {
-                    let logits: Vec<f64> = (0..s.kv_len)
+                    let keys = if causal {
+                        (i + 1).min(s.kv_len)
+                    } else {
+                        s.kv_len
+                    };
+                    let logits: Vec<f64> = (0..keys)
                         .map(|j| {
                             (0..s.head_dim)
                                 .map(|d| {
@@ -148,7 +172,7 @@ mod tests {
                     let e: Vec<f64> = logits.iter().map(|l| (l - m).exp()).collect();
                     let z: f64 = e.iter().sum();
                     for d in 0..s.head_dim {
-                        let acc: f64 = (0..s.kv_len)
+                        let acc: f64 = (0..keys)
                             .map(|j| {
                                 e[j] / z * f64::from(v[(b * s.kv_len + j) * w + h * s.head_dim + d])
                             })
@@ -188,14 +212,16 @@ mod tests {
             let q = make(s.batch * s.q_len * w, 1);
             let k = make(s.batch * s.kv_len * w, 2);
             let v = make(s.batch * s.kv_len * w, 3);
-            let want = naive(&q, &k, &v, s, 0.4);
-            let got = attention(&q, &k, &v, s, 0.4);
-            let err = want
-                .iter()
-                .zip(&got)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
-            assert!(err < 1e-5, "max error {err} for {s:?}");
+            for causal in [false, true] {
+                let want = naive(&q, &k, &v, s, 0.4, causal);
+                let got = attention(&q, &k, &v, s, 0.4, causal);
+                let err = want
+                    .iter()
+                    .zip(&got)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(err < 1e-5, "max error {err} for {s:?}, causal {causal}");
+            }
         }
     }
 }

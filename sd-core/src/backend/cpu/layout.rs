@@ -107,6 +107,39 @@ pub(crate) fn upsample_nearest2x_nhwc(
     out
 }
 
+/// Source index of output index `dst` for nearest resizing from `input` to `output` entries, as
+/// PyTorch computes it for an explicit output size.
+fn nearest_source(dst: usize, input: usize, output: usize) -> usize {
+    let scale = input as f32 / output as f32;
+    ((dst as f32 * scale).floor() as usize).min(input - 1)
+}
+
+/// Nearest-neighbour resize of an NHWC tensor `[b, h, w, c]` to `out_h x out_w`.
+pub(crate) fn upsample_nearest_nhwc(
+    x: &[f32],
+    dims: [usize; 4],
+    out_h: usize,
+    out_w: usize,
+) -> Vec<f32> {
+    let [b, h, w, c] = dims;
+    let mut out = vec![0.0; b * out_h * out_w * c];
+    if h == 0 || w == 0 {
+        return out;
+    }
+    out.par_chunks_mut(out_w * c)
+        .enumerate()
+        .for_each(|(row, dst)| {
+            let bi = row / out_h;
+            let y = nearest_source(row % out_h, h, out_h);
+            let src_row = &x[(bi * h + y) * w * c..(bi * h + y + 1) * w * c];
+            for xo in 0..out_w {
+                let xi = nearest_source(xo, w, out_w);
+                dst[xo * c..(xo + 1) * c].copy_from_slice(&src_row[xi * c..(xi + 1) * c]);
+            }
+        });
+    out
+}
+
 /// Gathers rows of a `[rows, width]` table.
 pub(crate) fn gather_rows(table: &[f32], width: usize, ids: &[usize]) -> Vec<f32> {
     let mut out = Vec::with_capacity(ids.len() * width);

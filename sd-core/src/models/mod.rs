@@ -1,0 +1,14 @@
+//! The networks of Stable Diffusion: [`clip`] (text encoder), [`unet`] (denoiser) and [`vae`]
+//! (autoencoder), built from [`nn`] layers and shared [`blocks`], sized by [`config`].
+
+pub(crate) mod blocks;
+pub mod clip;
+pub mod config;
+pub mod nn;
+pub mod unet;
+pub mod vae;
+
+pub use clip::ClipTextModel;
+pub use config::{ClipActivation, ClipConfig, UNetBlockKind, UNetConfig, VaeConfig};
+pub use unet::UNet2DConditionModel;
+pub use vae::AutoencoderKL;
