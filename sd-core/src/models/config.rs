@@ -137,6 +137,9 @@ pub struct UNetConfig {
     pub flip_sin_to_cos: bool,
     /// Frequency shift of the time embedding. SD 1.x: 0.
     pub freq_shift: f64,
+    /// The latent size the model was trained at (default image size = this × the autoencoder's
+    /// factor). SD 1.x: 64.
+    pub sample_size: usize,
 }
 
 impl UNetConfig {
@@ -158,6 +161,7 @@ impl UNetConfig {
             use_linear_projection: false,
             flip_sin_to_cos: true,
             freq_shift: 0.0,
+            sample_size: 64,
         }
     }
 
@@ -216,6 +220,10 @@ impl UNetConfig {
             use_linear_projection: r.bool_or("use_linear_projection", d.use_linear_projection)?,
             flip_sin_to_cos: r.bool_or("flip_sin_to_cos", d.flip_sin_to_cos)?,
             freq_shift: r.f64_or("freq_shift", d.freq_shift)?,
+            sample_size: match r.json.get("sample_size") {
+                Some(Value::Array(_)) => r.usize_list_or("sample_size", &[])?.first().copied().unwrap_or(d.sample_size),
+                _ => r.usize_or("sample_size", d.sample_size)?,
+            },
             block_out_channels,
         };
         cfg.validate(origin)?;
