@@ -364,14 +364,13 @@ fn split_size(v: &str) -> Option<(&str, &str)> {
 pub fn parse_infotext(text: &str) -> ParsedInfotext {
     let mut res = ParsedInfotext::default();
     let mut lines: Vec<&str> = text.trim_matches(is_space).split('\n').collect();
-    let mut last = lines.pop().unwrap_or("");
+    let last = lines.pop().unwrap_or("");
     let mut params = find_params(last);
     if params.len() < 3 {
+        // Not a parameter line: it is the end of the prompt (or negative prompt).
         lines.push(last);
-        last = "";
         params.clear();
     }
-    let _ = last;
     let mut done_with_prompt = false;
     for line in lines {
         let mut line = line.trim_matches(is_space);
