@@ -13,6 +13,7 @@
 pub(crate) mod backend;
 pub mod error;
 pub mod models;
+pub mod image;
 pub mod tensor;
 pub mod weights;
 
