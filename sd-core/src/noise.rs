@@ -286,7 +286,7 @@ macro_rules! c_f32 {
 /// Single-precision natural logarithm with the Cephes polynomial PyTorch's vectorised kernel uses
 /// (NaN for `x <= 0`), including its fused multiply-adds.
 fn log_cephes(x: f32) -> f32 {
-    let sqrt_half: f32 = c_f32!(0.707106781186547524_f64);
+    let sqrt_half: f32 = c_f32!(std::f64::consts::FRAC_1_SQRT_2);
     let p: [f32; 9] = [
         c_f32!(7.0376836292E-2_f64),
         c_f32!(-1.1514610310E-1_f64),
@@ -321,6 +321,8 @@ fn log_cephes(x: f32) -> f32 {
         y = y.mul_add(m, coefficient);
     }
     y *= m;
+    // The compiled kernel fuses `y·z` (not `e·q1`) into this add; the reference test tells the
+    // two apart.
     y = y.mul_add(z, e * q1);
     y -= z * 0.5;
     let result = e.mul_add(q2, m + y);
@@ -329,6 +331,8 @@ fn log_cephes(x: f32) -> f32 {
 
 /// Single-precision sine and cosine with the Cephes polynomials PyTorch's vectorised kernel uses,
 /// including its fused multiply-adds. Returns `(sin x, cos x)`.
+// The reduction constants are written with all the digits Cephes gives them.
+#[allow(clippy::excessive_precision)]
 fn sincos_cephes(x: f32) -> (f32, f32) {
     let four_over_pi: f32 = c_f32!(1.27323954473516_f64);
     let minus_dp1: f32 = c_f32!(-0.78515625_f64);
@@ -366,6 +370,7 @@ fn sincos_cephes(x: f32) -> (f32, f32) {
     c = c.mul_add(z, coscof[1]);
     c = c.mul_add(z, coscof[2]);
     c *= z;
+    // Fused as `c·z - (z·0.5)`, as compiled; an unfused subtraction fails the reference test.
     c = c.mul_add(z, -(z * 0.5));
     c += 1.0;
     // Sine polynomial on [0, π/4].
