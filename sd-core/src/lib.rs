@@ -14,6 +14,7 @@ pub(crate) mod backend;
 pub mod error;
 pub mod models;
 pub mod image;
+pub mod noise;
 pub mod tensor;
 pub mod weights;
 
