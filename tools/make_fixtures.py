@@ -523,6 +523,15 @@ def run_both(pipe, **kw):
     return lat.images, image
 
 
+def sched_meta(pipe) -> dict[str, str]:
+    """The effective scheduler config and its full timestep list after set_timesteps
+    (img2img runs only the last int(steps * strength) of them)."""
+    return {
+        "scheduler_config": json.dumps(dict(pipe.scheduler.config), sort_keys=True, default=str),
+        "scheduler_timesteps": json.dumps([float(t) for t in pipe.scheduler.timesteps]),
+    }
+
+
 def sched(pipe, name):
     cls, overrides = SCHEDULERS[name]
     return cls.from_config(pipe.scheduler.config, **overrides)
@@ -557,7 +566,11 @@ def txt2img_references():
     for name in SCHEDULERS:
         pipe.scheduler = sched(pipe, name)
         latents, image = run_both(pipe, height=64, width=64, **common)
-        save_ref(f"txt2img_{name}.safetensors", {"latents": latents, "image": image}, md(name))
+        save_ref(
+            f"txt2img_{name}.safetensors",
+            {"latents": latents, "image": image},
+            md(name, **sched_meta(pipe)),
+        )
         print(f"txt2img {name}: latents std {latents.std():.3f}, image mean {image.mean():.3f}")
 
     pipe.scheduler = sched(pipe, "euler-a")
@@ -565,7 +578,7 @@ def txt2img_references():
     save_ref(
         "txt2img_batch2.safetensors",
         {"latents": latents, "image": image},
-        md("euler-a", num_images_per_prompt=2),
+        md("euler-a", num_images_per_prompt=2, **sched_meta(pipe)),
     )
 
     pipe.scheduler = sched(pipe, "ddim")
@@ -574,7 +587,7 @@ def txt2img_references():
     save_ref(
         "txt2img_latents_in.safetensors",
         {"init_latents": init, "latents": latents, "image": image},
-        md("ddim", latents_seed=SEED + 1),
+        md("ddim", latents_seed=SEED + 1, **sched_meta(pipe)),
     )
 
     pipe.scheduler = sched(pipe, "dpmpp-2m")
@@ -582,7 +595,7 @@ def txt2img_references():
     save_ref(
         "txt2img_72x56.safetensors",
         {"latents": latents, "image": image},
-        md("dpmpp-2m", width=72, height=56),
+        md("dpmpp-2m", width=72, height=56, **sched_meta(pipe)),
     )
 
 
@@ -620,6 +633,7 @@ def img2img_references():
                 scheduler=name,
                 scheduler_class=SCHEDULERS[name][0].__name__,
                 scheduler_overrides=json.dumps(overrides),
+                **sched_meta(pipe),
             ),
         )
         print(f"img2img {name}: latents std {latents.std():.3f}, image mean {image.mean():.3f}")
