@@ -526,8 +526,11 @@ def run_both(pipe, **kw):
 def sched_meta(pipe) -> dict[str, str]:
     """The effective scheduler config and its full timestep list after set_timesteps
     (img2img runs only the last int(steps * strength) of them)."""
+    config = dict(pipe.scheduler.config)
+    # diffusers keeps this list as an unordered set; sort it so the files are reproducible.
+    config["_use_default_values"] = sorted(config.get("_use_default_values", []))
     return {
-        "scheduler_config": json.dumps(dict(pipe.scheduler.config), sort_keys=True, default=str),
+        "scheduler_config": json.dumps(config, sort_keys=True, default=str),
         "scheduler_timesteps": json.dumps([float(t) for t in pipe.scheduler.timesteps]),
     }
 
