@@ -13,6 +13,7 @@
 pub(crate) mod backend;
 pub mod error;
 pub mod tensor;
+pub mod tokenizer;
 pub mod weights;
 
 pub use error::{Error, ErrorKind, Result};
