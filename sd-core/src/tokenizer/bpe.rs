@@ -78,7 +78,11 @@ impl Interner {
 impl Bpe {
     /// Builds the model from merges in rank order. A merge listed twice keeps its later rank, as a Python dict
     /// built from the list does.
-    pub(super) fn new(merges: &[(String, String)], vocab: &HashMap<String, u32>, unk_id: u32) -> Self {
+    pub(super) fn new(
+        merges: &[(String, String)],
+        vocab: &HashMap<String, u32>,
+        unk_id: u32,
+    ) -> Self {
         let chars = byte_chars();
         let mut interner = Interner::default();
         let mut byte_sym = [0u32; 256];

@@ -107,7 +107,10 @@ impl Tokenizer {
     /// [`Error::FileNotFound`] / [`Error::Io`] naming the file that cannot be read, and [`Error::InvalidFile`]
     /// naming the file and line that is malformed (not UTF-8, not a JSON object of non-negative integer ids, no
     /// `#version` header, a merge line without exactly two symbols, a missing special token, over 64 MiB).
-    pub fn from_files(vocab_json: impl AsRef<Path>, merges_txt: impl AsRef<Path>) -> Result<Tokenizer> {
+    pub fn from_files(
+        vocab_json: impl AsRef<Path>,
+        merges_txt: impl AsRef<Path>,
+    ) -> Result<Tokenizer> {
         let vocab_path = vocab_json.as_ref();
         let merges_path = merges_txt.as_ref();
         let vocab_text = read_text(vocab_path)?;
@@ -119,7 +122,10 @@ impl Tokenizer {
         })?;
         let merges = parse_merges_file(merges_path, &read_text(merges_path)?)?;
         Tokenizer::from_parts(vocab, &merges).map_err(|missing| {
-            Error::invalid_file(vocab_path, format!("special token `{missing}` is not in the vocabulary"))
+            Error::invalid_file(
+                vocab_path,
+                format!("special token `{missing}` is not in the vocabulary"),
+            )
         })
     }
 
@@ -203,7 +209,10 @@ impl Tokenizer {
         let inner = &*self.inner;
         let mut out = Vec::new();
         // The cache is always left consistent, so a panic elsewhere that poisoned the lock does not matter.
-        let mut cache = inner.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cache = inner
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         for segment in normalize::split_specials(text) {
             let text = match segment {
                 Segment::Special(special) => {
@@ -252,7 +261,9 @@ impl Tokenizer {
         if max_len < 2 {
             return Err(Error::invalid_argument(
                 "max_len",
-                format!("{max_len} leaves no room for the begin and end tokens; it must be at least 2"),
+                format!(
+                    "{max_len} leaves no room for the begin and end tokens; it must be at least 2"
+                ),
             ));
         }
         let body = &ids[..ids.len().min(max_len - 2)];
@@ -349,12 +360,22 @@ fn build_clip() -> Result<Tokenizer> {
         })
         .collect();
     if merges.len() != MAX_MERGES {
-        return Err(Error::Internal(format!("{} merges, expected {MAX_MERGES}", merges.len())));
+        return Err(Error::Internal(format!(
+            "{} merges, expected {MAX_MERGES}",
+            merges.len()
+        )));
     }
     let chars = bpe::byte_chars();
     let bytes = bpe::byte_order();
-    let mut list: Vec<String> = bytes.iter().map(|&b| chars[usize::from(b)].to_string()).collect();
-    list.extend(bytes.iter().map(|&b| format!("{}{END_OF_WORD}", chars[usize::from(b)])));
+    let mut list: Vec<String> = bytes
+        .iter()
+        .map(|&b| chars[usize::from(b)].to_string())
+        .collect();
+    list.extend(
+        bytes
+            .iter()
+            .map(|&b| format!("{}{END_OF_WORD}", chars[usize::from(b)])),
+    );
     list.extend(merges.iter().map(|(l, r)| format!("{l}{r}")));
     list.push(START_OF_TEXT.to_owned());
     list.push(END_OF_TEXT.to_owned());
@@ -376,7 +397,10 @@ fn read_text(path: &Path) -> Result<String> {
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(Error::invalid_file(
             path,
-            format!("larger than {} MiB; not a tokenizer file", MAX_FILE_BYTES >> 20),
+            format!(
+                "larger than {} MiB; not a tokenizer file",
+                MAX_FILE_BYTES >> 20
+            ),
         ));
     }
     String::from_utf8(bytes).map_err(|e| Error::invalid_file(path, format!("not UTF-8: {e}")))
@@ -390,7 +414,10 @@ fn parse_merges_file(path: &Path, text: &str) -> Result<Vec<(String, String)>> {
     if !header.starts_with("#version") {
         return Err(Error::invalid_file(
             path,
-            format!("line 1: expected a `#version` header, found {:?}", truncate_for_error(header)),
+            format!(
+                "line 1: expected a `#version` header, found {:?}",
+                truncate_for_error(header)
+            ),
         ));
     }
     let mut merges = Vec::new();
@@ -427,11 +454,17 @@ mod tests {
     fn clip_vocabulary_shape() -> Result<()> {
         let tok = Tokenizer::clip()?;
         assert_eq!(tok.vocab_size(), 49408);
-        assert_eq!((tok.bos_id(), tok.eos_id(), tok.pad_id(), tok.unk_id()), (49406, 49407, 49407, 49407));
+        assert_eq!(
+            (tok.bos_id(), tok.eos_id(), tok.pad_id(), tok.unk_id()),
+            (49406, 49407, 49407, 49407)
+        );
         assert_eq!(tok.token_to_id("!"), Some(0));
         assert_eq!(tok.token_to_id(",</w>"), Some(267));
         assert_eq!(tok.id_to_token(49407), Some("<|endoftext|>"));
-        assert_eq!(tok.decode(&tok.encode("A Photo of a CAT, café!")), "a photo of a cat , café !");
+        assert_eq!(
+            tok.decode(&tok.encode("A Photo of a CAT, café!")),
+            "a photo of a cat , café !"
+        );
         Ok(())
     }
 
@@ -439,9 +472,18 @@ mod tests {
     fn padded_rejects_tiny_length() -> Result<()> {
         let tok = Tokenizer::clip()?;
         let err = tok.encode_padded("x", 1).err();
-        assert!(matches!(err, Some(Error::InvalidArgument { name: "max_len", .. })));
+        assert!(matches!(
+            err,
+            Some(Error::InvalidArgument {
+                name: "max_len",
+                ..
+            })
+        ));
         assert_eq!(tok.encode_padded("cat dog", 2)?, [49406, 49407]);
-        assert_eq!(tok.clone().with_pad_id(0).encode_padded("", 4)?, [49406, 49407, 0, 0]);
+        assert_eq!(
+            tok.clone().with_pad_id(0).encode_padded("", 4)?,
+            [49406, 49407, 0, 0]
+        );
         Ok(())
     }
 }

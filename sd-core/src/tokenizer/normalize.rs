@@ -169,7 +169,11 @@ mod tests {
 
     #[test]
     fn clean_up_steps() {
-        assert_eq!(words_of("A\tB\u{a0}C\u{c}D\u{200b}E\u{0}F"), ["a", "b", "c", "def"]);
+        // Form feed is a control character: removed, not a space.
+        assert_eq!(
+            words_of("A\tB\u{a0}C\u{c}D\u{200b}E\u{0}F"),
+            ["a", "b", "cdef"]
+        );
         assert_eq!(words_of("x\u{2028}y\u{1f}z"), ["x", "yz"]);
         assert_eq!(words_of("\u{e000}\u{378}q\u{fffd}"), ["q"]);
         assert_eq!(words_of("e\u{301}"), ["\u{e9}"]);
@@ -182,6 +186,9 @@ mod tests {
     fn pre_tokenizer_pieces() {
         let pats = patterns().expect("patterns compile");
         let got: Vec<&str> = pieces(pats, "it's!!1.5<|endoftext|>'ſ").collect();
-        assert_eq!(got, ["it", "'s", "!!", "1", ".", "5", "<|endoftext|>", "'ſ"]);
+        assert_eq!(
+            got,
+            ["it", "'s", "!!", "1", ".", "5", "<|endoftext|>", "'ſ"]
+        );
     }
 }
