@@ -195,7 +195,12 @@ fn from_files_errors() {
 #[test]
 #[ignore = "timing report, not a check"]
 fn throughput() -> Result<()> {
+    let start = std::time::Instant::now();
     let tok = Tokenizer::clip()?;
+    println!(
+        "first Tokenizer::clip(): {:.1} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    );
     let text = std::fs::read_to_string(FIXTURE).map_err(|e| Error::io(FIXTURE, e))?;
     let fixture: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::invalid_file(FIXTURE, e.to_string()))?;

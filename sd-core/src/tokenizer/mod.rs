@@ -85,7 +85,7 @@ impl Tokenizer {
     /// The tokenizer of CLIP ViT-L/14 (SD 1.x, SDXL's first text encoder), from the vocabulary embedded in the
     /// crate: 49408 tokens, BOS 49406, EOS 49407, padding with EOS.
     ///
-    /// The first call decompresses and indexes the vocabulary (tens of milliseconds); later calls return a clone
+    /// The first call decompresses and indexes the vocabulary (about 0.2 s); later calls return a clone
     /// of the same instance.
     ///
     /// # Errors
