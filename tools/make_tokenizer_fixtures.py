@@ -4,7 +4,14 @@ Run from the repository root:
 
     /work/venv-ref/bin/python tools/make_tokenizer_fixtures.py
 
-Needs only `transformers` (the slow Python `CLIPTokenizer`). The vocabulary is rebuilt from the same
+Needs only `transformers` 4.x, whose `CLIPTokenizer` is the Python implementation sd-core reproduces; transformers
+5 replaced it with a `tokenizers`-backed class and dropped its `BasicTokenizer`. Where the reference environment
+has transformers 5, use a small environment with 4.x instead (this is how the committed fixture was made):
+
+    python3 -m venv /tmp/tokvenv && /tmp/tokvenv/bin/pip install "transformers<5"
+    /tmp/tokvenv/bin/python tools/make_tokenizer_fixtures.py
+
+The vocabulary is rebuilt from the same
 `bpe_simple_vocab_16e6.txt.gz` that sd-core embeds, exactly as CLIP derives it, and written as a diffusers-style
 `vocab.json` + `merges.txt` pair into a temporary directory. If `ftfy` happens to be installed, the tokenizer is
 switched back to its built-in `BasicTokenizer` clean-up, which is the behaviour sd-core reproduces.
@@ -22,8 +29,15 @@ import tempfile
 import unicodedata
 
 import transformers
-from transformers import CLIPTokenizer
-from transformers.models.clip.tokenization_clip import BasicTokenizer
+
+if int(transformers.__version__.split(".")[0]) >= 5:
+    sys.exit(
+        f"transformers {transformers.__version__} has no Python CLIPTokenizer; "
+        "run with transformers<5 (see the top of this script)"
+    )
+
+from transformers import CLIPTokenizer  # noqa: E402
+from transformers.models.clip.tokenization_clip import BasicTokenizer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BPE_GZ = os.path.join(ROOT, "sd-core", "data", "bpe_simple_vocab_16e6.txt.gz")
