@@ -16,6 +16,7 @@ pub mod models;
 pub mod image;
 pub mod noise;
 pub mod tensor;
+pub mod tokenizer;
 pub mod weights;
 
 pub use error::{Error, ErrorKind, Result};
