@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::store::{StoredDType, TensorInfo, TensorSource};
 use crate::error::{Error, Result};
@@ -823,9 +823,10 @@ impl<'de> Visitor<'de> for EntrySeed {
                 "dtype" | "shape" | "data_offsets" => {
                     return Err(de::Error::custom(format!("duplicate field `{k}`")));
                 }
-                // The crate ignores unknown fields; so do we.
+                // The crate ignores unknown fields; so do we, but parse them into a value so
+                // serde_json's recursion limit applies to them too.
                 _ => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<serde_json::Value>()?;
                 }
             }
         }
@@ -981,4 +982,415 @@ pub fn write_safetensors(
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+    /// A fresh path in the system temp dir, removed when dropped.
+    struct TempPath(PathBuf);
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    fn temp_path() -> TempPath {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        TempPath(std::env::temp_dir().join(format!(
+            "sdrs-st-test-{}-{n}.safetensors",
+            std::process::id()
+        )))
+    }
+    fn write_raw(bytes: &[u8]) -> TempPath {
+        let p = temp_path();
+        std::fs::write(&p.0, bytes).unwrap();
+        p
+    }
+    /// Header size, header text, data.
+    fn st_bytes(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut v = (header.len() as u64).to_le_bytes().to_vec();
+        v.extend_from_slice(header.as_bytes());
+        v.extend_from_slice(data);
+        v
+    }
+    fn open_err(bytes: &[u8]) -> Error {
+        let p = write_raw(bytes);
+        let mmap = SafetensorsFile::open(&p.0).err();
+        let buffered = SafetensorsFile::open_buffered(&p.0).err();
+        let (Some(a), Some(b)) = (mmap, buffered) else {
+            panic!("hostile file was accepted");
+        };
+        assert_eq!(
+            a.to_string(),
+            b.to_string(),
+            "both modes report the same error"
+        );
+        a
+    }
+    fn assert_invalid(bytes: &[u8], needle: &str) {
+        let e = open_err(bytes);
+        let msg = e.to_string();
+        assert!(matches!(e, Error::InvalidFile { .. }), "{msg}");
+        assert_eq!(e.kind(), ErrorKind::InvalidModel);
+        assert!(msg.contains(needle), "expected `{needle}` in: {msg}");
+        assert!(msg.contains("sdrs-st-test"), "error names the file: {msg}");
+    }
+
+    #[test]
+    fn s1_too_short_and_bad_header_sizes() {
+        for len in 0..8 {
+            assert_invalid(&vec![b'{'; len], "shorter than the 8-byte header size");
+        }
+        let mut v = u64::MAX.to_le_bytes().to_vec();
+        v.extend_from_slice(b"{}");
+        assert_invalid(&v, "exceeds the limit");
+        let mut v = 100_000_001u64.to_le_bytes().to_vec();
+        v.extend_from_slice(b"{}");
+        assert_invalid(&v, "exceeds the limit");
+        let mut v = 64u64.to_le_bytes().to_vec();
+        v.extend_from_slice(b"{}");
+        assert_invalid(&v, "runs past the end of the file");
+    }
+
+    #[test]
+    fn s2_not_utf8_not_json_deep_json() {
+        assert_invalid(
+            &st_bytes("{\"a\u{1}\":1}", &[]),
+            "invalid safetensors header JSON",
+        );
+        let mut v = 4u64.to_le_bytes().to_vec();
+        v.extend_from_slice(&[b'{', 0xff, 0xfe, b'}']);
+        assert_invalid(&v, "not UTF-8");
+        assert_invalid(&st_bytes("[1, 2]", &[]), "invalid safetensors header JSON");
+        assert_invalid(&st_bytes("{} x", &[]), "invalid safetensors header JSON");
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let h = format!("{{\"__metadata__\": {{\"k\": {deep}}}}}");
+        assert_invalid(&st_bytes(&h, &[]), "not a string");
+        let h = format!(
+            "{{\"a\": {{\"dtype\": \"U8\", \"shape\": [1], \"data_offsets\": [0, 1], \"x\": {deep}}}}}"
+        );
+        assert_invalid(&st_bytes(&h, &[0]), "recursion limit exceeded");
+    }
+
+    #[test]
+    fn s3_duplicate_names_rejected() {
+        let h = r#"{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                    "a": {"dtype": "I32", "shape": [1], "data_offsets": [4, 8]}}"#;
+        assert_invalid(&st_bytes(h, &[0; 8]), "duplicate tensor name `a`");
+        let h = r#"{"__metadata__": {"k": "1", "k": "2"}}"#;
+        assert_invalid(&st_bytes(h, &[]), "duplicate `__metadata__` key `k`");
+    }
+
+    #[test]
+    fn s4_offsets_gap_overlap_order_bounds() {
+        let two = |a: [u64; 2], b: [u64; 2]| {
+            format!(
+                r#"{{"a": {{"dtype": "U8", "shape": [{}], "data_offsets": [{}, {}]}},
+                    "b": {{"dtype": "U8", "shape": [{}], "data_offsets": [{}, {}]}}}}"#,
+                a[1].saturating_sub(a[0]),
+                a[0],
+                a[1],
+                b[1].saturating_sub(b[0]),
+                b[0],
+                b[1]
+            )
+        };
+        assert_invalid(&st_bytes(&two([0, 4], [2, 6]), &[0; 6]), "overlap");
+        assert_invalid(&st_bytes(&two([0, 2], [4, 6]), &[0; 6]), "leave a gap");
+        assert_invalid(
+            &st_bytes(&two([2, 4], [4, 6]), &[0; 6]),
+            "expected to begin at 0",
+        );
+        let h = r#"{"a": {"dtype": "U8", "shape": [0], "data_offsets": [4, 2]}}"#;
+        assert_invalid(&st_bytes(h, &[0; 4]), "end before they begin");
+        let h = r#"{"a": {"dtype": "U8", "shape": [8], "data_offsets": [0, 8]}}"#;
+        assert_invalid(&st_bytes(h, &[0; 4]), "run past the data section (4 bytes)");
+        let h = r#"{"a": {"dtype": "U8", "shape": [1], "data_offsets": [0.5, 1]}}"#;
+        assert_invalid(&st_bytes(h, &[0; 1]), "pair of unsigned integers");
+        let h = r#"{"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1, 2]}}"#;
+        assert_invalid(&st_bytes(h, &[0; 1]), "pair of unsigned integers");
+        let h = r#"{"a": {"dtype": "U8", "shape": [1], "data_offsets": [-1, 1]}}"#;
+        assert_invalid(&st_bytes(h, &[0; 1]), "pair of unsigned integers");
+    }
+
+    #[test]
+    fn s5_tiling_near_u64_max_is_caught_before_the_crate() {
+        let step = (u64::MAX - 20) / 8;
+        let mut h = String::from("{");
+        for i in 0..8u64 {
+            let (b, e) = (i * step, (i + 1) * step);
+            h.push_str(&format!(
+                "\"t{i}\": {{\"dtype\": \"U8\", \"shape\": [{}], \"data_offsets\": [{b}, {e}]}},",
+                e - b
+            ));
+        }
+        h.pop();
+        h.push('}');
+        assert_invalid(&st_bytes(&h, &[]), "run past the data section");
+    }
+
+    #[test]
+    fn s6_s7_sizes_inconsistent_with_shape() {
+        let h =
+            r#"{"a": {"dtype": "F32", "shape": [2, 9223372036854775808], "data_offsets": [0, 0]}}"#;
+        assert_invalid(&st_bytes(h, &[]), "overflows");
+        let h =
+            r#"{"a": {"dtype": "U8", "shape": [2, 18446744073709551614], "data_offsets": [0, 0]}}"#;
+        assert_invalid(&st_bytes(h, &[]), "overflows");
+        let h = r#"{"a": {"dtype": "I32", "shape": [2, 2], "data_offsets": [0, 4]}}"#;
+        assert_invalid(
+            &st_bytes(h, &[0; 4]),
+            "needs 16 bytes, data_offsets [0, 4] give 4",
+        );
+        let h = r#"{"a": {"dtype": "F32", "shape": [1,1,1,1,1,1,1,1,1], "data_offsets": [0, 4]}}"#;
+        assert_invalid(&st_bytes(h, &[0; 4]), "more than 8 dimensions");
+        let h = r#"{"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}"#;
+        assert_invalid(&st_bytes(h, &[0; 4]), "invalid safetensors header JSON");
+    }
+
+    #[test]
+    fn s8_trailing_or_missing_bytes() {
+        let h = r#"{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}"#;
+        assert_invalid(&st_bytes(h, &[0; 10]), "trailing or missing data");
+        assert_invalid(&st_bytes(h, &[0; 6]), "run past the data section");
+    }
+
+    #[test]
+    fn s9_unaligned_data_start_reads_exact_values() -> Result<()> {
+        let f32s = [1.5f32, -2.25, f32::MIN_POSITIVE, 3.0e38];
+        let f16s = [half::f16::from_f32(0.1), half::f16::from_f32(-65504.0)];
+        let mut data: Vec<u8> = f32s.iter().flat_map(|v| v.to_le_bytes()).collect();
+        data.extend(f16s.iter().flat_map(|v| v.to_bits().to_le_bytes()));
+        let mut h = String::from(
+            r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F16","shape":[2],"data_offsets":[16,20]}}"#,
+        );
+        assert!(h.len() <= 110);
+        // Pad to a length that is not a multiple of 4, so data starts misaligned.
+        while h.len() < 110 {
+            h.push(' ');
+        }
+        assert_ne!((8 + h.len()) % 4, 0);
+        let p = write_raw(&st_bytes(&h, &data));
+        for f in [
+            SafetensorsFile::open(&p.0)?,
+            SafetensorsFile::open_buffered(&p.0)?,
+        ] {
+            let a = f.read_f32("a")?;
+            assert_eq!(
+                a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                f32s.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            assert_eq!(f.read_f32("b")?, vec![f16s[0].to_f32(), -65504.0]);
+            assert_eq!(f.tensor_names(), vec!["a".to_string(), "b".to_string()]);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn s10_metadata_must_be_strings() -> Result<()> {
+        let h = r#"{"__metadata__": {"format": 1}}"#;
+        assert_invalid(
+            &st_bytes(h, &[]),
+            "`__metadata__` value for `format` is not a string",
+        );
+        let h = r#"{"__metadata__": "x"}"#;
+        assert_invalid(&st_bytes(h, &[]), "invalid safetensors header JSON");
+        let h = r#"{"__metadata__": {"format": "pt", "ss_x": "{\"a\": 1}"}}"#;
+        let p = write_raw(&st_bytes(h, &[]));
+        let f = SafetensorsFile::open(&p.0)?;
+        assert_eq!(f.metadata().get("format").map(String::as_str), Some("pt"));
+        assert!(f.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn s11_dtypes_outside_the_allow_list_are_named() {
+        for d in ["Q4", "F4", "C64", "U64", "F8_E8M0"] {
+            let h = format!(r#"{{"w": {{"dtype": "{d}", "shape": [0], "data_offsets": [0, 0]}}}}"#);
+            let e = open_err(&st_bytes(&h, &[]));
+            let msg = e.to_string();
+            assert!(matches!(e, Error::WeightDType { .. }), "{msg}");
+            assert!(msg.contains(d) && msg.contains("`w`"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn s12_hostile_names_escaped_and_limited() {
+        let h = "{\"\\u001b[2J\\n\": {\"dtype\": \"U8\", \"shape\": [0], \"data_offsets\": [0, 0]},\
+                  \"\\u001b[2J\\n\": {\"dtype\": \"U8\", \"shape\": [0], \"data_offsets\": [0, 0]}}";
+        let msg = open_err(&st_bytes(h, &[])).to_string();
+        assert!(
+            msg.contains("\\u{1b}[2J\\u{a}") && !msg.contains('\x1b'),
+            "{msg}"
+        );
+        let long = "n".repeat(5000);
+        let h = format!(r#"{{"{long}": {{"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}}}}"#);
+        let msg = open_err(&st_bytes(&h, &[])).to_string();
+        assert!(msg.contains("exceeds the limit of 4096 bytes"), "{msg}");
+        assert!(msg.len() < 1000, "long name truncated in the message");
+    }
+
+    #[test]
+    fn s13_zero_size_and_scalar_tensors() -> Result<()> {
+        let h = r#"{"e": {"dtype": "F32", "shape": [2, 0], "data_offsets": [0, 0]},
+                    "s": {"dtype": "F32", "shape": [], "data_offsets": [0, 4]}}"#;
+        let p = write_raw(&st_bytes(h, &7.0f32.to_le_bytes()));
+        let f = SafetensorsFile::open(&p.0)?;
+        assert_eq!(f.read_f32("e")?, Vec::<f32>::new());
+        assert_eq!(f.read_f32("s")?, vec![7.0]);
+        assert_eq!(f.tensor_info("s").map(|i| i.shape.rank()), Some(0));
+        Ok(())
+    }
+
+    #[test]
+    fn s15_tensor_count_limit() {
+        let mut h = String::from("{");
+        for i in 0..5 {
+            h.push_str(&format!(
+                "\"t{i}\": {{\"dtype\": \"U8\", \"shape\": [0], \"data_offsets\": [0, 0]}},"
+            ));
+        }
+        h.pop();
+        h.push('}');
+        let p = write_raw(&st_bytes(&h, &[]));
+        let limits = SafetensorsLimits {
+            max_tensors: 4,
+            ..SafetensorsLimits::default()
+        };
+        let msg = SafetensorsFile::open_with(&p.0, ReadMode::Mmap, &limits)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(msg.contains("more than 4 tensors"), "{msg}");
+    }
+
+    #[test]
+    fn s16_truncation_in_buffered_mode_is_an_error() -> Result<()> {
+        let p = temp_path();
+        let vals: Vec<f32> = (0..64).map(|i| i as f32).collect();
+        write_safetensors(&p.0, &[("w", &[64], &vals)], WriteDType::F32, None)?;
+        let f = SafetensorsFile::open_buffered(&p.0)?;
+        assert_eq!(f.read_f32("w")?, vals);
+        let file = std::fs::OpenOptions::new().write(true).open(&p.0).unwrap();
+        let len = file.metadata().unwrap().len();
+        file.set_len(len - 10).unwrap();
+        let msg = f
+            .read_f32("w")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(msg.contains("truncated") && msg.contains("`w`"), "{msg}");
+        Ok(())
+    }
+
+    #[test]
+    fn missing_and_non_float_tensors() -> Result<()> {
+        let h = r#"{"ids": {"dtype": "I64", "shape": [2], "data_offsets": [0, 16]}}"#;
+        let p = write_raw(&st_bytes(h, &[0; 16]));
+        let f = SafetensorsFile::open(&p.0)?;
+        assert!(matches!(f.read_f32("ids"), Err(Error::WeightDType { .. })));
+        assert_eq!(f.read_bytes("ids")?.len(), 16);
+        assert!(matches!(
+            f.read_f32("nope"),
+            Err(Error::MissingWeight { .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn f32_f16_bf16_round_trip_exactly() -> Result<()> {
+        let mut vals: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.5,
+            0.1,
+            65504.0,
+            1e-7,
+            6.0e-8,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            3.0e38,
+        ];
+        // Enough values to take the parallel decoding path.
+        vals.extend((0..200_000).map(|i| ((i as f32) * 0.37).sin() * 100.0));
+        let shape = [vals.len()];
+        for (dt, want) in [
+            (WriteDType::F32, vals.clone()),
+            (
+                WriteDType::F16,
+                vals.iter()
+                    .map(|&v| half::f16::from_f32(v).to_f32())
+                    .collect(),
+            ),
+            (
+                WriteDType::BF16,
+                vals.iter()
+                    .map(|&v| half::bf16::from_f32(v).to_f32())
+                    .collect(),
+            ),
+        ] {
+            let p = temp_path();
+            let mut meta = HashMap::new();
+            meta.insert("k".to_string(), "v".to_string());
+            write_safetensors(&p.0, &[("x", &shape, &vals)], dt, Some(&meta))?;
+            for f in [
+                SafetensorsFile::open(&p.0)?,
+                SafetensorsFile::open_buffered(&p.0)?,
+            ] {
+                let got = f.read_f32("x")?;
+                assert_eq!(got.len(), want.len());
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{dt:?} values differ"
+                );
+                assert_eq!(f.metadata().get("k").map(String::as_str), Some("v"));
+            }
+        }
+        // NaN survives as NaN.
+        let p = temp_path();
+        write_safetensors(&p.0, &[("n", &[1], &[f32::NAN])], WriteDType::F16, None)?;
+        assert!(SafetensorsFile::open(&p.0)?.read_f32("n")?[0].is_nan());
+        Ok(())
+    }
+
+    #[test]
+    fn f8_decoding() {
+        let mut out = [0f32; 6];
+        decode_to_f32(
+            StoredDType::F8E4M3,
+            &[0x38, 0x7e, 0x01, 0xb8, 0x7f, 0x00],
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(&out[..4], &[1.0, 448.0, 2f32.powi(-9), -1.0]);
+        assert!(out[4].is_nan());
+        assert_eq!(out[5], 0.0);
+        let mut out = [0f32; 3];
+        decode_to_f32(StoredDType::F8E5M2, &[0x3c, 0x7b, 0xc0], &mut out).unwrap();
+        assert_eq!(out, [1.0, 57344.0, -2.0]);
+        assert!(decode_to_f32(StoredDType::F32, &[0; 3], &mut [0.0]).is_err());
+    }
+
+    #[test]
+    fn writer_rejects_bad_input() {
+        let p = temp_path();
+        let e = write_safetensors(&p.0, &[("a", &[2], &[1.0])], WriteDType::F32, None);
+        assert!(matches!(e, Err(Error::InvalidArgument { .. })));
+        let e = write_safetensors(
+            &p.0,
+            &[("a", &[1], &[1.0]), ("a", &[1], &[2.0])],
+            WriteDType::F32,
+            None,
+        );
+        assert!(matches!(e, Err(Error::InvalidArgument { .. })));
+    }
 }
