@@ -616,3 +616,369 @@ pub fn legacy_diffusers_vae_alias(name: &str) -> Option<String> {
         .find(|(from, _)| name.contains(from))
         .map(|(from, to)| name.replacen(from, to, 1))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `(ldm, diffusers)` pairs for a UNet with `attn[level]` and `layers` resnets per down
+    /// level, built from the positional formulas of the original layout.
+    fn unet_pairs(attn: &[bool], layers: usize) -> Vec<(String, String)> {
+        let n = attn.len();
+        let mut v: Vec<(String, String)> = Vec::new();
+        let mut p = |a: String, b: String| v.push((a, b));
+        for (i, lin) in [(0, 1), (2, 2)] {
+            p(
+                format!("time_embed.{i}.weight"),
+                format!("time_embedding.linear_{lin}.weight"),
+            );
+        }
+        p("input_blocks.0.0.weight".into(), "conv_in.weight".into());
+        p("input_blocks.0.0.bias".into(), "conv_in.bias".into());
+        let resnet = |ldm: &str, dif: &str, skip: bool| {
+            let mut r = vec![
+                (
+                    format!("{ldm}.in_layers.0.weight"),
+                    format!("{dif}.norm1.weight"),
+                ),
+                (
+                    format!("{ldm}.in_layers.2.weight"),
+                    format!("{dif}.conv1.weight"),
+                ),
+                (
+                    format!("{ldm}.in_layers.2.bias"),
+                    format!("{dif}.conv1.bias"),
+                ),
+                (
+                    format!("{ldm}.emb_layers.1.weight"),
+                    format!("{dif}.time_emb_proj.weight"),
+                ),
+                (
+                    format!("{ldm}.out_layers.0.bias"),
+                    format!("{dif}.norm2.bias"),
+                ),
+                (
+                    format!("{ldm}.out_layers.3.weight"),
+                    format!("{dif}.conv2.weight"),
+                ),
+            ];
+            if skip {
+                r.push((
+                    format!("{ldm}.skip_connection.weight"),
+                    format!("{dif}.conv_shortcut.weight"),
+                ));
+            }
+            r
+        };
+        let attention = |ldm: &str, dif: &str| {
+            [
+                "norm.weight",
+                "proj_in.weight",
+                "transformer_blocks.0.attn1.to_q.weight",
+                "transformer_blocks.0.attn2.to_out.0.bias",
+                "transformer_blocks.0.ff.net.0.proj.weight",
+                "transformer_blocks.0.norm3.bias",
+                "proj_out.weight",
+            ]
+            .iter()
+            .map(|s| (format!("{ldm}.{s}"), format!("{dif}.{s}")))
+            .collect::<Vec<_>>()
+        };
+        for (b, &has_attn) in attn.iter().enumerate() {
+            for j in 0..layers {
+                let idx = 1 + b * (layers + 1) + j;
+                let dif = format!("down_blocks.{b}");
+                for (a, d) in resnet(
+                    &format!("input_blocks.{idx}.0"),
+                    &format!("{dif}.resnets.{j}"),
+                    j == 0 && b > 0,
+                ) {
+                    p(a, d);
+                }
+                if has_attn {
+                    for (a, d) in attention(
+                        &format!("input_blocks.{idx}.1"),
+                        &format!("{dif}.attentions.{j}"),
+                    ) {
+                        p(a, d);
+                    }
+                }
+            }
+            if b + 1 < n {
+                let idx = 1 + b * (layers + 1) + layers;
+                p(
+                    format!("input_blocks.{idx}.0.op.weight"),
+                    format!("down_blocks.{b}.downsamplers.0.conv.weight"),
+                );
+                p(
+                    format!("input_blocks.{idx}.0.op.bias"),
+                    format!("down_blocks.{b}.downsamplers.0.conv.bias"),
+                );
+            }
+        }
+        for (a, d) in resnet("middle_block.0", "mid_block.resnets.0", false) {
+            p(a, d);
+        }
+        for (a, d) in attention("middle_block.1", "mid_block.attentions.0") {
+            p(a, d);
+        }
+        for (a, d) in resnet("middle_block.2", "mid_block.resnets.1", false) {
+            p(a, d);
+        }
+        for u in 0..n {
+            let has_attn = attn[n - 1 - u];
+            for j in 0..=layers {
+                let idx = u * (layers + 1) + j;
+                let dif = format!("up_blocks.{u}");
+                for (a, d) in resnet(
+                    &format!("output_blocks.{idx}.0"),
+                    &format!("{dif}.resnets.{j}"),
+                    true,
+                ) {
+                    p(a, d);
+                }
+                if has_attn {
+                    for (a, d) in attention(
+                        &format!("output_blocks.{idx}.1"),
+                        &format!("{dif}.attentions.{j}"),
+                    ) {
+                        p(a, d);
+                    }
+                }
+                if j == layers && u + 1 < n {
+                    let s = 1 + usize::from(has_attn);
+                    p(
+                        format!("output_blocks.{idx}.{s}.conv.weight"),
+                        format!("{dif}.upsamplers.0.conv.weight"),
+                    );
+                }
+            }
+        }
+        p("out.0.weight".into(), "conv_norm_out.weight".into());
+        p("out.2.bias".into(), "conv_out.bias".into());
+        v
+    }
+
+    /// `(ldm, diffusers)` pairs for a VAE with `levels` levels and `layers` resnets per encoder
+    /// level (`layers + 1` per decoder level).
+    fn vae_pairs(levels: usize, layers: usize) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = Vec::new();
+        let resnet = |ldm: String, dif: String, skip: bool| {
+            let mut r: Vec<(String, String)> = ["norm1", "conv1", "norm2", "conv2"]
+                .iter()
+                .map(|s| (format!("{ldm}.{s}.weight"), format!("{dif}.{s}.weight")))
+                .collect();
+            if skip {
+                r.push((
+                    format!("{ldm}.nin_shortcut.bias"),
+                    format!("{dif}.conv_shortcut.bias"),
+                ));
+            }
+            r
+        };
+        for side in ["encoder", "decoder"] {
+            for s in ["conv_in.weight", "conv_out.bias"] {
+                v.push((format!("{side}.{s}"), format!("{side}.{s}")));
+            }
+            v.push((
+                format!("{side}.norm_out.weight"),
+                format!("{side}.conv_norm_out.weight"),
+            ));
+            v.extend(resnet(
+                format!("{side}.mid.block_1"),
+                format!("{side}.mid_block.resnets.0"),
+                false,
+            ));
+            v.extend(resnet(
+                format!("{side}.mid.block_2"),
+                format!("{side}.mid_block.resnets.1"),
+                false,
+            ));
+            for (a, d) in [
+                ("norm", "group_norm"),
+                ("q", "to_q"),
+                ("k", "to_k"),
+                ("v", "to_v"),
+                ("proj_out", "to_out.0"),
+            ] {
+                v.push((
+                    format!("{side}.mid.attn_1.{a}.weight"),
+                    format!("{side}.mid_block.attentions.0.{d}.weight"),
+                ));
+            }
+        }
+        for i in 0..levels {
+            for j in 0..layers {
+                v.extend(resnet(
+                    format!("encoder.down.{i}.block.{j}"),
+                    format!("encoder.down_blocks.{i}.resnets.{j}"),
+                    j == 0 && i > 0,
+                ));
+            }
+            if i + 1 < levels {
+                v.push((
+                    format!("encoder.down.{i}.downsample.conv.weight"),
+                    format!("encoder.down_blocks.{i}.downsamplers.0.conv.weight"),
+                ));
+            }
+            let u = levels - 1 - i;
+            for j in 0..=layers {
+                v.extend(resnet(
+                    format!("decoder.up.{i}.block.{j}"),
+                    format!("decoder.up_blocks.{u}.resnets.{j}"),
+                    j == 0 && i + 1 < levels,
+                ));
+            }
+            if i > 0 {
+                v.push((
+                    format!("decoder.up.{i}.upsample.conv.bias"),
+                    format!("decoder.up_blocks.{u}.upsamplers.0.conv.bias"),
+                ));
+            }
+        }
+        for s in ["quant_conv.weight", "post_quant_conv.bias"] {
+            v.push((s.to_string(), s.to_string()));
+        }
+        v
+    }
+
+    fn check(pairs: Vec<(String, String)>, map: fn(&[&str]) -> Renamed) {
+        let keys: Vec<&str> = pairs.iter().map(|(a, _)| a.as_str()).collect();
+        let got = map(&keys);
+        assert!(got.unmapped.is_empty(), "unmapped: {:?}", got.unmapped);
+        let mut want: Vec<(String, String)> =
+            pairs.iter().map(|(a, d)| (d.clone(), a.clone())).collect();
+        want.sort();
+        for (w, g) in want.iter().zip(&got.pairs) {
+            assert_eq!(w, g);
+        }
+        assert_eq!(want.len(), got.pairs.len());
+        // The renaming is one-to-one.
+        let targets: HashSet<&String> = got.pairs.iter().map(|(d, _)| d).collect();
+        assert_eq!(targets.len(), got.pairs.len());
+    }
+
+    #[test]
+    fn unet_structures_of_any_size_map_correctly() {
+        check(unet_pairs(&[true, true, false], 2), map_unet_keys); // the tiny fixture's shape
+        check(unet_pairs(&[true, true, true, false], 2), map_unet_keys); // SD 1.x
+        check(unet_pairs(&[false, true, true], 2), map_unet_keys); // SDXL-like attention pattern
+        check(unet_pairs(&[true, false], 1), map_unet_keys);
+        check(unet_pairs(&[false, false, false], 3), map_unet_keys);
+    }
+
+    #[test]
+    fn vae_structures_of_any_size_map_correctly() {
+        check(vae_pairs(4, 2), map_vae_keys); // the tiny fixture's and SD's shape
+        check(vae_pairs(3, 1), map_vae_keys);
+        check(vae_pairs(2, 3), map_vae_keys);
+    }
+
+    #[test]
+    fn unknown_keys_are_reported() {
+        let keys = [
+            "input_blocks.1.0.in_layers.5.weight",
+            "input_blocks.1.3.mystery.weight",
+            "something_else.weight",
+            "out.1.weight",
+            "middle_block.x.weight",
+        ];
+        let r = map_unet_keys(&keys);
+        assert!(r.pairs.is_empty(), "{:?}", r.pairs);
+        assert_eq!(r.unmapped.len(), keys.len());
+        let r = map_vae_keys(&[
+            "encoder.mid.attn_1.qkv.weight",
+            "decoder.up.0.upsample.op.weight",
+        ]);
+        assert_eq!(r.unmapped.len(), 2);
+    }
+
+    #[test]
+    fn clip_text_keys_with_and_without_text_model() {
+        let r = map_clip_text_keys(&[
+            "text_model.encoder.layers.0.mlp.fc1.weight",
+            "embeddings.token_embedding.weight",
+            "encoder.layers.3.self_attn.q_proj.bias",
+            "final_layer_norm.weight",
+            "logit_scale",
+        ]);
+        let new: Vec<&str> = r.pairs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            new,
+            [
+                "text_model.embeddings.token_embedding.weight",
+                "text_model.encoder.layers.0.mlp.fc1.weight",
+                "text_model.encoder.layers.3.self_attn.q_proj.bias",
+                "text_model.final_layer_norm.weight",
+            ]
+        );
+        assert_eq!(r.unmapped, ["logit_scale"]);
+    }
+
+    #[test]
+    fn single_file_mapping_ema_and_reports() {
+        let keys = [
+            "model.diffusion_model.input_blocks.0.0.weight",
+            "model.diffusion_model.out.2.weight",
+            "model_ema.diffusion_modelinput_blocks00weight",
+            "model_ema.diffusion_modelout2weight",
+            "model_ema.decay",
+            "first_stage_model.quant_conv.weight",
+            "cond_stage_model.transformer.text_model.final_layer_norm.bias",
+            "alphas_cumprod",
+            "lora_te_text_model_encoder.alpha",
+        ];
+        assert_eq!(
+            detect_family(keys.iter().copied()),
+            DetectedFamily::Supported(ModelFamily::Sd1)
+        );
+        let m = map_single_file(&keys, ModelFamily::Sd1, false);
+        assert!(!m.uses_ema);
+        assert!(m.unet.contains(&(
+            "conv_in.weight".to_string(),
+            "model.diffusion_model.input_blocks.0.0.weight".to_string()
+        )));
+        assert_eq!(m.unmapped, ["lora_te_text_model_encoder.alpha"]);
+        assert_eq!(m.ignored.len(), 4); // two EMA tensors, decay, alphas_cumprod
+        assert_eq!(
+            m.vae,
+            [("quant_conv.weight".to_string(), keys[5].to_string())]
+        );
+        assert_eq!(m.text_encoder[0].0, "text_model.final_layer_norm.bias");
+
+        let m = map_single_file(&keys, ModelFamily::Sd1, true);
+        assert!(m.uses_ema);
+        assert!(m.unet.contains(&(
+            "conv_out.weight".to_string(),
+            "model_ema.diffusion_modelout2weight".to_string()
+        )));
+        assert!(m.ignored.contains(&"model_ema.decay".to_string()));
+        assert!(!m.ignored.iter().any(|k| k.contains("out2weight")));
+
+        assert_eq!(
+            detect_family(["conditioner.embedders.0.transformer.x"]),
+            DetectedFamily::Sdxl
+        );
+        assert_eq!(
+            detect_family(["cond_stage_model.model.ln_final.weight"]),
+            DetectedFamily::Sd2
+        );
+        assert_eq!(
+            detect_family(["unet.conv_in.weight"]),
+            DetectedFamily::Unknown
+        );
+    }
+
+    #[test]
+    fn legacy_vae_attention_aliases() {
+        assert_eq!(
+            legacy_diffusers_vae_alias("encoder.mid_block.attentions.0.query.weight").as_deref(),
+            Some("encoder.mid_block.attentions.0.to_q.weight")
+        );
+        assert_eq!(
+            legacy_diffusers_vae_alias("decoder.mid_block.attentions.0.proj_attn.bias").as_deref(),
+            Some("decoder.mid_block.attentions.0.to_out.0.bias")
+        );
+        assert_eq!(legacy_diffusers_vae_alias("encoder.conv_in.weight"), None);
+    }
+}
