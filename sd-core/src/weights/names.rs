@@ -158,7 +158,13 @@ pub fn map_single_file(keys: &[&str], family: ModelFamily, prefer_ema: bool) -> 
         } else if let Some(r) = k.strip_prefix(t.vae_prefix) {
             vae_rel.push(r);
         } else if let Some(r) = k.strip_prefix(t.text_prefix) {
-            text_rel.push(r);
+            // CLIP's `position_ids` is an index buffer (0..77), not a weight; current
+            // transformers versions neither save nor load it.
+            if r.ends_with("embeddings.position_ids") {
+                out.ignored.push(k.to_string());
+            } else {
+                text_rel.push(r);
+            }
         } else if LDM_SCHEDULE_BUFFERS.contains(&k) {
             out.ignored.push(k.to_string());
         } else if k.starts_with(LDM_EMA_PREFIX) {
@@ -925,6 +931,7 @@ mod tests {
             "model_ema.decay",
             "first_stage_model.quant_conv.weight",
             "cond_stage_model.transformer.text_model.final_layer_norm.bias",
+            "cond_stage_model.transformer.text_model.embeddings.position_ids",
             "alphas_cumprod",
             "lora_te_text_model_encoder.alpha",
         ];
@@ -939,7 +946,7 @@ mod tests {
             "model.diffusion_model.input_blocks.0.0.weight".to_string()
         )));
         assert_eq!(m.unmapped, ["lora_te_text_model_encoder.alpha"]);
-        assert_eq!(m.ignored.len(), 4); // two EMA tensors, decay, alphas_cumprod
+        assert_eq!(m.ignored.len(), 5); // two EMA tensors, decay, alphas_cumprod, position_ids
         assert_eq!(
             m.vae,
             [("quant_conv.weight".to_string(), keys[5].to_string())]
