@@ -485,3 +485,210 @@ impl ModelFiles {
         })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::weights::safetensors::{WriteDType, write_safetensors};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+    struct TempDir(PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    fn temp_dir() -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("sdrs-layout-test-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn write(path: &Path, names: &[&str]) {
+        let vals = [1.0f32, 2.0];
+        let tensors: Vec<(&str, &[usize], &[f32])> = names
+            .iter()
+            .map(|n| (*n, &[2usize][..], &vals[..]))
+            .collect();
+        write_safetensors(path, &tensors, WriteDType::F16, None).unwrap();
+    }
+    fn err_of(r: Result<ModelFiles>) -> Error {
+        match r {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn files_are_routed_by_content_not_extension() {
+        let d = temp_dir();
+        let zip = d.0.join("model.safetensors");
+        std::fs::write(&zip, b"PK\x03\x04archive/data.pkl....").unwrap();
+        let e = err_of(ModelFiles::open(&zip, &LoadOptions::default()));
+        let msg = e.to_string();
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+        assert!(
+            msg.contains("model.safetensors") && msg.contains("zip archive"),
+            "{msg}"
+        );
+
+        let legacy = d.0.join("model.ckpt");
+        std::fs::write(&legacy, [0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc]).unwrap();
+        let msg = err_of(ModelFiles::open(&legacy, &LoadOptions::default())).to_string();
+        assert!(msg.contains("pickle stream"), "{msg}");
+
+        let junk = d.0.join("junk.bin");
+        std::fs::write(&junk, [0x13u8, 0x37, 0xde, 0xad, 0xbe, 0xef, 0, 1, 2]).unwrap();
+        let msg = err_of(ModelFiles::open(&junk, &LoadOptions::default())).to_string();
+        assert!(
+            msg.contains("junk.bin") && msg.contains("13 37 de ad"),
+            "{msg}"
+        );
+
+        let empty = d.0.join("empty.safetensors");
+        std::fs::write(&empty, b"").unwrap();
+        let msg = err_of(ModelFiles::open(&empty, &LoadOptions::default())).to_string();
+        assert!(msg.contains("empty file"), "{msg}");
+
+        // S14: a valid safetensors file whose header size is 0x280 starts with `80 02`, like a
+        // pickle; it must still be read as safetensors.
+        let mut h = String::from(r#"{"a":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}"#);
+        while h.len() < 0x280 {
+            h.push(' ');
+        }
+        let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(h.as_bytes());
+        assert_eq!(&bytes[..2], &[0x80, 0x02]);
+        let st = d.0.join("looks-like-pickle.ckpt");
+        std::fs::write(&st, &bytes).unwrap();
+        assert_eq!(sniff(&bytes, bytes.len() as u64), FileKind::Safetensors);
+        let src = open_tensor_source(&st, ReadMode::Mmap).unwrap();
+        assert_eq!(src.tensor_names(), ["a"]);
+    }
+
+    #[test]
+    fn single_file_missing_component_names_file_and_prefix() {
+        let d = temp_dir();
+        let f = d.0.join("unet-only.safetensors");
+        write(
+            &f,
+            &[
+                "model.diffusion_model.input_blocks.0.0.weight",
+                "cond_stage_model.transformer.text_model.final_layer_norm.weight",
+            ],
+        );
+        let msg = err_of(ModelFiles::open(&f, &LoadOptions::default())).to_string();
+        assert!(
+            msg.contains("unet-only.safetensors") && msg.contains("`first_stage_model.`"),
+            "{msg}"
+        );
+        let g = d.0.join("diffusers-unet.safetensors");
+        write(&g, &["conv_in.weight"]);
+        let e = err_of(ModelFiles::open(&g, &LoadOptions::default()));
+        assert!(matches!(e, Error::UnknownLayout { .. }), "{e}");
+    }
+
+    #[test]
+    fn single_file_with_ema_choice() -> Result<()> {
+        let d = temp_dir();
+        let f = d.0.join("ema.safetensors");
+        write(
+            &f,
+            &[
+                "model.diffusion_model.out.2.weight",
+                "model_ema.diffusion_modelout2weight",
+                "first_stage_model.quant_conv.weight",
+                "cond_stage_model.transformer.text_model.final_layer_norm.weight",
+            ],
+        );
+        let plain = ModelFiles::open(&f, &LoadOptions::default())?;
+        assert!(!plain.uses_ema && plain.unet.contains("conv_out.weight"));
+        assert_eq!(plain.ignored_keys, ["model_ema.diffusion_modelout2weight"]);
+        let ema = ModelFiles::open(
+            &f,
+            &LoadOptions {
+                prefer_ema: true,
+                ..LoadOptions::default()
+            },
+        )?;
+        assert!(ema.uses_ema && ema.unet.describe().contains("ema.safetensors"));
+        Ok(())
+    }
+
+    #[test]
+    fn diffusers_folder_variants_shards_and_missing_parts() -> Result<()> {
+        let d = temp_dir();
+        let root = &d.0;
+        for c in ["unet", "vae", "text_encoder"] {
+            std::fs::create_dir_all(root.join(c)).unwrap();
+        }
+        std::fs::write(root.join("model_index.json"), b"{\"_class_name\": \"X\"}").unwrap();
+        // unet: fp16 variant only
+        write(
+            &root.join("unet/diffusion_pytorch_model.fp16.safetensors"),
+            &["conv_in.weight"],
+        );
+        // vae: legacy attention names
+        write(
+            &root.join("vae/diffusion_pytorch_model.safetensors"),
+            &["encoder.mid_block.attentions.0.query.weight"],
+        );
+        // text encoder: two shards
+        write(
+            &root.join("text_encoder/model-00001-of-00002.safetensors"),
+            &["a.weight"],
+        );
+        write(
+            &root.join("text_encoder/model-00002-of-00002.safetensors"),
+            &["b.weight"],
+        );
+        std::fs::write(
+            root.join("text_encoder/model.safetensors.index.json"),
+            br#"{"weight_map": {"a.weight": "model-00001-of-00002.safetensors",
+                                "b.weight": "model-00002-of-00002.safetensors"}}"#,
+        )
+        .unwrap();
+        let m = ModelFiles::open(root, &LoadOptions::default())?;
+        assert_eq!(m.layout, Layout::Diffusers);
+        assert!(m.unet.contains("conv_in.weight"));
+        assert!(m.vae.contains("encoder.mid_block.attentions.0.to_q.weight"));
+        assert!(m.text_encoder.contains("a.weight") && m.text_encoder.contains("b.weight"));
+        assert!(m.unet_config.is_none() && m.tokenizer_dir.is_none());
+
+        // A shard outside the folder is refused.
+        std::fs::write(
+            root.join("text_encoder/model.safetensors.index.json"),
+            br#"{"weight_map": {"a.weight": "../x.safetensors"}}"#,
+        )
+        .unwrap();
+        let msg = err_of(ModelFiles::open(root, &LoadOptions::default())).to_string();
+        assert!(msg.contains("not a plain file name"), "{msg}");
+
+        // A missing component folder is named.
+        std::fs::remove_dir_all(root.join("text_encoder")).unwrap();
+        let msg = err_of(ModelFiles::open(root, &LoadOptions::default())).to_string();
+        assert!(
+            msg.contains("text_encoder") && msg.contains("missing"),
+            "{msg}"
+        );
+
+        // A bad config is named.
+        std::fs::write(root.join("model_index.json"), b"{nope").unwrap();
+        let e = err_of(ModelFiles::open(root, &LoadOptions::default()));
+        assert!(matches!(e, Error::InvalidConfig { .. }), "{e}");
+
+        let empty = temp_dir();
+        let e = err_of(ModelFiles::open(&empty.0, &LoadOptions::default()));
+        assert!(matches!(e, Error::UnknownLayout { .. }), "{e}");
+        let e = err_of(ModelFiles::open(
+            empty.0.join("nope"),
+            &LoadOptions::default(),
+        ));
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        Ok(())
+    }
+}
