@@ -1,8 +1,18 @@
 //! Reading model weights from users' files.
 //!
 //! [`store`] defines the [`TensorSource`] trait that every container format implements and the
-//! [`WeightStore`] that model code reads through.
+//! [`WeightStore`] that model code reads through. [`safetensors`] reads (and writes) validated
+//! `.safetensors` files; [`names`] renames the original single-file layout to diffusers names;
+//! [`layout`] finds the components of a model on disk, whichever layout it is in.
 
+pub mod layout;
+pub mod names;
+pub mod safetensors;
 pub mod store;
 
+pub use layout::{Layout, LoadOptions, ModelFiles, open_tensor_source};
+pub use names::{KeyMapping, ModelFamily};
+pub use safetensors::{
+    ReadMode, SafetensorsFile, SafetensorsLimits, WriteDType, write_safetensors,
+};
 pub use store::{MemorySource, StoredDType, TensorInfo, TensorSource, WeightStore, Weights};

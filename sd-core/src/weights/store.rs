@@ -269,6 +269,16 @@ impl WeightStore {
         }
     }
 
+    /// Exposes existing tensors under additional names: each pair is `(alias, existing_name)`.
+    /// Pairs whose existing name is absent are skipped; an alias already present is replaced.
+    pub fn add_aliases(&mut self, aliases: impl IntoIterator<Item = (String, String)>) {
+        for (alias, existing) in aliases {
+            if let Some(e) = self.index.get(&existing).cloned() {
+                self.index.insert(alias, e);
+            }
+        }
+    }
+
     /// The logical names of every tensor.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.index.keys().map(String::as_str)
