@@ -12,6 +12,7 @@
 
 pub(crate) mod backend;
 pub mod error;
+pub mod schedulers;
 pub mod tensor;
 pub mod weights;
 
