@@ -1,10 +1,12 @@
 //! The scheduler configuration: the fields of a diffusers `scheduler_config.json` that the
 //! Stable Diffusion samplers read.
 //!
-//! Defaults are those of Stable Diffusion 1.5's `scheduler/scheduler_config.json` (a
-//! `PNDMScheduler`), completed with the PNDM defaults for the fields that file leaves out
-//! (`timestep_spacing = "leading"`, `prediction_type = "epsilon"`): this is the configuration every
-//! sampler receives when diffusers builds it with `.from_config(pipe.scheduler.config)`.
+//! Defaults are the values of Stable Diffusion 1.5's `scheduler/scheduler_config.json` (a
+//! `PNDMScheduler`). A field that file leaves out, `timestep_spacing`, is optional here: when it
+//! is absent each sampler uses its own diffusers default (`leading` for DDIM and PNDM, `linspace`
+//! for the others), as diffusers does when it builds a sampler with
+//! `.from_config(pipe.scheduler.config)` (values the source config only defaulted are not carried
+//! over).
 
 use std::path::Path;
 
@@ -84,8 +86,10 @@ pub struct SchedulerConfig {
     pub trained_betas: Option<Vec<f64>>,
     /// What the model predicts. Default [`PredictionType::Epsilon`].
     pub prediction_type: PredictionType,
-    /// How inference timesteps are spaced. Default [`TimestepSpacing::Leading`].
-    pub timestep_spacing: TimestepSpacing,
+    /// How inference timesteps are spaced. Default none: each sampler's own default
+    /// ([`TimestepSpacing::Leading`] for DDIM and PNDM, [`TimestepSpacing::Linspace`] for Euler,
+    /// Euler ancestral, LMS and DPM-Solver).
+    pub timestep_spacing: Option<TimestepSpacing>,
     /// Added to every timestep with [`TimestepSpacing::Leading`]. Default 1.
     pub steps_offset: usize,
     /// DDIM and PNDM: whether the step past the last timestep uses `ᾱ = 1` (true) or `ᾱ₀`
@@ -121,7 +125,7 @@ impl SchedulerConfig {
             beta_schedule: BetaSchedule::ScaledLinear,
             trained_betas: None,
             prediction_type: PredictionType::Epsilon,
-            timestep_spacing: TimestepSpacing::Leading,
+            timestep_spacing: None,
             steps_offset: 1,
             set_alpha_to_one: false,
             clip_sample: false,
@@ -164,6 +168,11 @@ impl SchedulerConfig {
         Ok(config)
     }
 
+    /// The timestep spacing, or `default` (the sampler's own) when the configuration has none.
+    pub fn spacing_or(&self, default: TimestepSpacing) -> TimestepSpacing {
+        self.timestep_spacing.unwrap_or(default)
+    }
+
     /// Checks that the values describe a usable schedule.
     ///
     /// # Errors
@@ -186,7 +195,10 @@ impl SchedulerConfig {
                         self.num_train_timesteps
                     ));
                 }
-                if let Some(b) = betas.iter().find(|b| !(b.is_finite() && **b >= 0.0 && **b < 1.0)) {
+                if let Some(b) = betas
+                    .iter()
+                    .find(|b| !(b.is_finite() && **b >= 0.0 && **b < 1.0))
+                {
                     return bad(format!("trained_betas value {b} is outside [0, 1)"));
                 }
             }
@@ -237,7 +249,10 @@ mod tests {
             "trained_betas": null,
             "clip_sample": false
         }"#;
-        assert_eq!(SchedulerConfig::from_json_str(json)?, SchedulerConfig::sd_v1_5());
+        assert_eq!(
+            SchedulerConfig::from_json_str(json)?,
+            SchedulerConfig::sd_v1_5()
+        );
         Ok(())
     }
 
@@ -248,7 +263,7 @@ mod tests {
         let c = SchedulerConfig::from_json_str(json)?;
         assert_eq!(c.beta_schedule, BetaSchedule::SquaredcosCapV2);
         assert_eq!(c.prediction_type, PredictionType::VPrediction);
-        assert_eq!(c.timestep_spacing, TimestepSpacing::Trailing);
+        assert_eq!(c.timestep_spacing, Some(TimestepSpacing::Trailing));
         Ok(())
     }
 

@@ -35,8 +35,9 @@ impl DdimScheduler {
     pub fn new(config: &SchedulerConfig, num_inference_steps: usize) -> Result<Self> {
         check_steps(config, num_inference_steps)?;
         let alphas_cumprod = alphas_cumprod(config)?;
-        let mut timesteps = spaced_timesteps(config, num_inference_steps);
-        if config.timestep_spacing == TimestepSpacing::Linspace {
+        let spacing = config.spacing_or(TimestepSpacing::Leading);
+        let mut timesteps = spaced_timesteps(config, spacing, num_inference_steps);
+        if spacing == TimestepSpacing::Linspace {
             timesteps.iter_mut().for_each(|t| *t = t.round_ties_even());
         }
         let indices = timestep_indices(&timesteps, config.num_train_timesteps)?;
@@ -51,7 +52,9 @@ impl DdimScheduler {
             indices,
             step_ratio: config.num_train_timesteps / num_inference_steps,
             prediction: config.prediction_type,
-            clip: config.clip_sample.then_some(config.clip_sample_range as f32),
+            clip: config
+                .clip_sample
+                .then_some(config.clip_sample_range as f32),
         })
     }
 }

@@ -58,7 +58,7 @@ impl DpmSolverMultistepScheduler {
         let n = num_inference_steps;
         // `lambda_min_clipped` is −∞, so the schedule may reach the last training timestep.
         let last = config.num_train_timesteps;
-        let mut timesteps: Vec<f64> = match config.timestep_spacing {
+        let mut timesteps: Vec<f64> = match config.spacing_or(TimestepSpacing::Linspace) {
             TimestepSpacing::Linspace => {
                 let mut t: Vec<f64> = np_linspace(0.0, (last - 1) as f64, n + 1)
                     .into_iter()

@@ -32,7 +32,8 @@ impl SigmaSchedule {
         check_steps(config, steps)?;
         let train = train_sigmas(&alphas_cumprod(config)?);
         // The spacings give float64 values that diffusers stores as float32.
-        let timesteps: Vec<f64> = spaced_timesteps(config, steps)
+        let spacing = config.spacing_or(TimestepSpacing::Linspace);
+        let timesteps: Vec<f64> = spaced_timesteps(config, spacing, steps)
             .into_iter()
             .map(|t| f64::from(t as f32))
             .collect();
@@ -42,7 +43,7 @@ impl SigmaSchedule {
             .collect();
         sigmas.push(0.0);
         let max = sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let init_noise_sigma = match config.timestep_spacing {
+        let init_noise_sigma = match spacing {
             TimestepSpacing::Leading => (max * max + 1.0).sqrt(),
             TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
         };

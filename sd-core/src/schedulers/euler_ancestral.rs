@@ -73,7 +73,10 @@ impl Scheduler for EulerAncestralScheduler {
         check_index(step_index, self.schedule.timesteps.len())?;
         check_same_shape("euler ancestral step", model_output, sample)?;
         let noise = noise.ok_or_else(|| {
-            Error::invalid_argument("noise", "Euler ancestral needs a noise tensor at every step")
+            Error::invalid_argument(
+                "noise",
+                "Euler ancestral needs a noise tensor at every step",
+            )
         })?;
         check_same_shape("euler ancestral step", noise, sample)?;
         let sigma = self.schedule.sigmas[step_index];

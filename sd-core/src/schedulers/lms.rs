@@ -98,7 +98,10 @@ impl Scheduler for LmsScheduler {
         let order = (step_index + 1).min(ORDER);
         let mut terms: Vec<(f32, &Tensor)> = vec![(1.0, sample)];
         for (current, derivative) in (0..order).zip(self.derivatives.iter().rev()) {
-            terms.push((self.coefficient(order, step_index, current)? as f32, derivative));
+            terms.push((
+                self.coefficient(order, step_index, current)? as f32,
+                derivative,
+            ));
         }
         Tensor::linear_combination(&terms)
     }
@@ -146,8 +149,22 @@ fn integrate(f: impl Fn(f64) -> f64, a: f64, b: f64, rel_tol: f64) -> Result<f64
         if depth == 0 {
             return None;
         }
-        let l = Panel { a: p.a, b: m, fa: p.fa, fm: flm, fb: p.fm, whole: left };
-        let r = Panel { a: m, b: p.b, fa: p.fm, fm: frm, fb: p.fb, whole: right };
+        let l = Panel {
+            a: p.a,
+            b: m,
+            fa: p.fa,
+            fm: flm,
+            fb: p.fm,
+            whole: left,
+        };
+        let r = Panel {
+            a: m,
+            b: p.b,
+            fa: p.fm,
+            fm: frm,
+            fb: p.fb,
+            whole: right,
+        };
         Some(recurse(f, l, tol / 2.0, depth - 1)? + recurse(f, r, tol / 2.0, depth - 1)?)
     }
 
@@ -162,7 +179,20 @@ fn integrate(f: impl Fn(f64) -> f64, a: f64, b: f64, rel_tol: f64) -> Result<f64
         )));
     }
     let tol = (rel_tol * whole.abs()).max(1e-300);
-    recurse(&f, Panel { a, b, fa, fm, fb, whole }, tol, MAX_DEPTH).ok_or_else(|| {
+    recurse(
+        &f,
+        Panel {
+            a,
+            b,
+            fa,
+            fm,
+            fb,
+            whole,
+        },
+        tol,
+        MAX_DEPTH,
+    )
+    .ok_or_else(|| {
         Error::Internal(format!(
             "lms quadrature did not converge on [{a}, {b}] (tolerance {rel_tol})"
         ))

@@ -225,7 +225,10 @@ impl FromStr for SchedulerKind {
                 let names: Vec<&str> = SchedulerKind::ALL.iter().map(|k| k.as_str()).collect();
                 Error::invalid_argument(
                     "scheduler",
-                    format!("unknown scheduler `{s}`; expected one of {}", names.join(", ")),
+                    format!(
+                        "unknown scheduler `{s}`; expected one of {}",
+                        names.join(", ")
+                    ),
                 )
             })
     }
@@ -307,7 +310,10 @@ pub fn img2img_start(num_inference_steps: usize, strength: f64) -> Result<usize>
 fn vp_x0_coefficients(prediction: PredictionType, alpha_prod: f32) -> (f32, f32) {
     let beta_prod = 1.0 - alpha_prod;
     match prediction {
-        PredictionType::Epsilon => (1.0 / alpha_prod.sqrt(), -beta_prod.sqrt() / alpha_prod.sqrt()),
+        PredictionType::Epsilon => (
+            1.0 / alpha_prod.sqrt(),
+            -beta_prod.sqrt() / alpha_prod.sqrt(),
+        ),
         PredictionType::VPrediction => (alpha_prod.sqrt(), -beta_prod.sqrt()),
         PredictionType::Sample => (0.0, 1.0),
     }
@@ -322,7 +328,9 @@ fn ve_predict_x0(
     model_output: &Tensor,
 ) -> Result<Tensor> {
     match prediction {
-        PredictionType::Epsilon => Tensor::linear_combination(&[(1.0, sample), (-sigma, model_output)]),
+        PredictionType::Epsilon => {
+            Tensor::linear_combination(&[(1.0, sample), (-sigma, model_output)])
+        }
         PredictionType::VPrediction => {
             let s2 = sigma * sigma + 1.0;
             Tensor::linear_combination(&[(-sigma / s2.sqrt(), model_output), (1.0 / s2, sample)])
@@ -340,7 +348,10 @@ mod tests {
         for kind in SchedulerKind::ALL {
             assert_eq!(kind.as_str().parse::<SchedulerKind>()?, kind);
             assert_eq!(
-                SchedulerKind::from_infotext(kind.infotext_sampler(), kind.infotext_schedule_type()),
+                SchedulerKind::from_infotext(
+                    kind.infotext_sampler(),
+                    kind.infotext_schedule_type()
+                ),
                 Some(kind)
             );
         }
@@ -396,7 +407,11 @@ mod tests {
     fn history_schedulers_enforce_order() -> Result<()> {
         let c = SchedulerConfig::sd_v1_5();
         let x = Tensor::full(0.5, [1, 4, 2, 2], Default::default())?;
-        for kind in [SchedulerKind::Pndm, SchedulerKind::Lms, SchedulerKind::DpmPp2m] {
+        for kind in [
+            SchedulerKind::Pndm,
+            SchedulerKind::Lms,
+            SchedulerKind::DpmPp2m,
+        ] {
             let mut s = build(kind, &c, 5)?;
             s.step(&x, 1, &x, None)?;
             assert!(s.step(&x, 3, &x, None).is_err(), "{kind}");
@@ -407,7 +422,11 @@ mod tests {
 
     #[test]
     fn ancestral_requires_noise() -> Result<()> {
-        let mut s = build(SchedulerKind::EulerAncestral, &SchedulerConfig::sd_v1_5(), 5)?;
+        let mut s = build(
+            SchedulerKind::EulerAncestral,
+            &SchedulerConfig::sd_v1_5(),
+            5,
+        )?;
         assert!(s.needs_noise());
         let x = Tensor::zeros([1, 4, 2, 2], Default::default())?;
         assert!(s.step(&x, 0, &x, None).is_err());

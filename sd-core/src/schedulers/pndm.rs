@@ -56,8 +56,9 @@ impl PndmScheduler {
             ));
         }
         let alphas_cumprod = alphas_cumprod(config)?;
-        let mut spaced = spaced_timesteps(config, num_inference_steps);
-        if config.timestep_spacing == TimestepSpacing::Linspace {
+        let spacing = config.spacing_or(TimestepSpacing::Leading);
+        let mut spaced = spaced_timesteps(config, spacing, num_inference_steps);
+        if spacing == TimestepSpacing::Linspace {
             spaced.iter_mut().for_each(|t| *t = t.round_ties_even());
         }
         // Descending d0, d1, d1, d2, …, d_{n−1}: the second timestep is evaluated twice.

@@ -33,7 +33,11 @@ fn torch_linspace_f32(start: f64, end: f64, steps: usize) -> Vec<f32> {
 /// The cosine ("squaredcos_cap_v2") betas of Nichol & Dhariwal, computed in `f64` and stored as
 /// `f32`, as diffusers' `betas_for_alpha_bar` does.
 fn cosine_betas(steps: usize) -> Vec<f32> {
-    let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
+    let alpha_bar = |t: f64| {
+        ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
+            .cos()
+            .powi(2)
+    };
     (0..steps)
         .map(|i| {
             let t1 = i as f64 / steps as f64;
@@ -129,9 +133,13 @@ pub(crate) fn np_interp_index(x: f64, fp: &[f32]) -> f64 {
 /// Descending inference timesteps in the DDIM / PNDM / Euler / LMS form, as `f64` values of
 /// `numpy.float64`. With [`TimestepSpacing::Linspace`] the values are not rounded here: DDIM and
 /// PNDM round them half-to-even, Euler and LMS keep them as `float32`.
-pub(crate) fn spaced_timesteps(config: &SchedulerConfig, steps: usize) -> Vec<f64> {
+pub(crate) fn spaced_timesteps(
+    config: &SchedulerConfig,
+    spacing: TimestepSpacing,
+    steps: usize,
+) -> Vec<f64> {
     let train = config.num_train_timesteps;
-    match config.timestep_spacing {
+    match spacing {
         TimestepSpacing::Linspace => {
             let mut t = np_linspace(0.0, (train - 1) as f64, steps);
             t.reverse();
@@ -280,22 +288,23 @@ mod tests {
     #[test]
     fn linspace_and_arange_follow_numpy() {
         assert_eq!(np_linspace(0.0, 999.0, 4), vec![0.0, 333.0, 666.0, 999.0]);
-        assert_eq!(np_arange(1000.0, 0.0, -250.0), vec![1000.0, 750.0, 500.0, 250.0]);
+        assert_eq!(
+            np_arange(1000.0, 0.0, -250.0),
+            vec![1000.0, 750.0, 500.0, 250.0]
+        );
         assert_eq!(np_arange(1000.0, 0.0, -1000.0 / 3.0).len(), 3);
     }
 
     #[test]
     fn spacings_match_diffusers_for_ten_steps() {
-        let mut c = SchedulerConfig::sd_v1_5();
-        let leading = spaced_timesteps(&c, 10);
+        let c = SchedulerConfig::sd_v1_5();
+        let leading = spaced_timesteps(&c, TimestepSpacing::Leading, 10);
         assert_eq!(leading[0], 901.0);
         assert_eq!(leading[9], 1.0);
-        c.timestep_spacing = TimestepSpacing::Trailing;
-        let trailing = spaced_timesteps(&c, 10);
+        let trailing = spaced_timesteps(&c, TimestepSpacing::Trailing, 10);
         assert_eq!(trailing[0], 999.0);
         assert_eq!(trailing[9], 99.0);
-        c.timestep_spacing = TimestepSpacing::Linspace;
-        let lin = spaced_timesteps(&c, 10);
+        let lin = spaced_timesteps(&c, TimestepSpacing::Linspace, 10);
         assert_eq!((lin[0], lin[9]), (999.0, 0.0));
         assert_eq!(lin[1], 888.0);
     }
