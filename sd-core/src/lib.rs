@@ -15,6 +15,7 @@ pub mod error;
 pub mod models;
 pub mod image;
 pub mod noise;
+pub mod schedulers;
 pub mod tensor;
 pub mod tokenizer;
 pub mod weights;
