@@ -15,17 +15,23 @@ fn models(c: &mut Criterion) {
     let store = Arc::new(WeightStore::synthetic(0));
     let w = store.view(Device::Cpu);
     let mut g = c.benchmark_group("sd15");
-    g.sample_size(10).measurement_time(Duration::from_secs(60)).warm_up_time(Duration::from_secs(1));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(60))
+        .warm_up_time(Duration::from_secs(1));
 
     let unet = UNet2DConditionModel::new(&w.pp("unet"), &UNetConfig::sd_v1_5()).expect("unet");
     let x = Tensor::full(0.3, [2, 4, 64, 64], Device::Cpu).expect("latents");
     let ctx = Tensor::full(0.1, [2, 77, 768], Device::Cpu).expect("context");
-    g.bench_function("unet step b2 64x64", |b| b.iter(|| unet.forward(&x, 500.0, &ctx).expect("unet")));
+    g.bench_function("unet step b2 64x64", |b| {
+        b.iter(|| unet.forward(&x, 500.0, &ctx).expect("unet"))
+    });
     drop(unet);
 
     let vae = AutoencoderKL::new(&w.pp("vae"), &VaeConfig::sd_v1_5()).expect("vae");
     let z = Tensor::full(0.3, [1, 4, 64, 64], Device::Cpu).expect("latents");
-    g.bench_function("vae decode 64x64", |b| b.iter(|| vae.decode(&z).expect("decode")));
+    g.bench_function("vae decode 64x64", |b| {
+        b.iter(|| vae.decode(&z).expect("decode"))
+    });
     g.finish();
 }
 

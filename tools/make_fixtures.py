@@ -536,8 +536,11 @@ def sched_meta(pipe) -> dict[str, str]:
 
 
 def sched(pipe, name):
+    """The scheduler `name` as a user gets it from the SD 1.5 scheduler config. Always built from
+    the pristine config: building from `pipe.scheduler.config` would inherit overrides (such as
+    use_karras_sigmas) from whichever scheduler the previous run installed."""
     cls, overrides = SCHEDULERS[name]
-    return cls.from_config(pipe.scheduler.config, **overrides)
+    return cls.from_config(PNDMScheduler.from_config(SD15_SCHEDULER).config, **overrides)
 
 
 @torch.no_grad()

@@ -12,9 +12,10 @@
 
 pub(crate) mod backend;
 pub mod error;
-pub mod models;
 pub mod image;
+pub mod models;
 pub mod noise;
+pub mod pipeline;
 pub mod schedulers;
 pub mod tensor;
 pub mod tokenizer;

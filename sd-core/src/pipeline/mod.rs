@@ -1,0 +1,373 @@
+//! Text-to-image and image-to-image generation: [`Pipeline`] holds the loaded models, immutable
+//! and shareable between threads; each [`Pipeline::generate`] call takes a [`GenerateRequest`].
+//!
+//! The loop is diffusers' `StableDiffusionPipeline` / `StableDiffusionImg2ImgPipeline`, step for
+//! step and draw for draw, so that the same seed gives the same latents: the initial noise (or,
+//! for img2img, the encoder sample and then the added noise), then per step the model input
+//! scaling, one UNet pass over `[uncond, cond]` in one batch, guidance, the scheduler step (and
+//! its noise draw, for ancestral samplers), and finally the autoencoder decode.
+
+mod request;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+pub use request::{GenerateRequest, MAX_BATCH, MAX_IMAGE_SIDE, MAX_STEPS};
+
+use crate::error::{Error, Result};
+use crate::image::{self, GenerationInfo, RgbImage};
+use crate::models::{
+    AutoencoderKL, ClipConfig, ClipTextModel, UNet2DConditionModel, UNetConfig, VaeConfig,
+};
+use crate::noise::TorchRng;
+use crate::schedulers::{self, SchedulerConfig};
+use crate::tensor::{Device, Tensor};
+use crate::tokenizer::Tokenizer;
+use crate::weights::{LoadOptions as WeightLoadOptions, ModelFiles};
+
+/// How to load a model.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// The device to run on. Default: the CPU.
+    pub device: Device,
+    /// For single-file checkpoints that carry EMA weights, use them for the UNet instead of the
+    /// regular weights. Default: false (as diffusers and AUTOMATIC1111 do).
+    pub prefer_ema: bool,
+    /// A diffusers-layout folder whose `*/config.json` files describe a single-file checkpoint
+    /// whose configuration cannot be inferred from its tensor shapes (non-standard sizes).
+    /// Default: none (infer from the shapes with SD 1.x defaults).
+    pub config_dir: Option<PathBuf>,
+}
+
+/// Where a step of the generation is, for progress reporting.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Steps completed, from 1 to `total_steps`.
+    pub step: usize,
+    /// Denoising steps this call runs (fewer than requested for img2img).
+    pub total_steps: usize,
+    /// The model timestep of the step just completed.
+    pub timestep: f64,
+}
+
+/// The result of one [`Pipeline::generate`] call.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// The images, `batch_size` of them.
+    pub images: Vec<RgbImage>,
+    /// The final latents before decoding, NCHW `[batch, latent_channels, h/8, w/8]`.
+    pub latents: Tensor,
+    /// The A1111-style infotext of each image (the PNG `parameters` text).
+    pub infotexts: Vec<String>,
+}
+
+/// A loaded Stable Diffusion model. Immutable after loading: share it between threads (it is
+/// `Send + Sync`) and call [`generate`](Self::generate) from several at once.
+#[derive(Debug)]
+pub struct Pipeline {
+    tokenizer: Tokenizer,
+    text_encoder: ClipTextModel,
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    scheduler_config: SchedulerConfig,
+    device: Device,
+    model_path: PathBuf,
+    model_name: String,
+    model_hash: OnceLock<Option<String>>,
+}
+
+impl Pipeline {
+    /// Loads a model from a diffusers folder or a single-file checkpoint (original layout).
+    ///
+    /// # Errors
+    /// A missing file, an unrecognised layout, a missing or mis-shaped tensor (named with its
+    /// file and both shapes), or an unavailable device.
+    pub fn load(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
+        let path = path.as_ref();
+        let files = ModelFiles::open(
+            path,
+            &WeightLoadOptions {
+                prefer_ema: options.prefer_ema,
+                ..WeightLoadOptions::default()
+            },
+        )?;
+        let config_json = |component: &str,
+                           embedded: &Option<serde_json::Value>|
+         -> Result<Option<(serde_json::Value, String)>> {
+            if let Some(dir) = &options.config_dir {
+                let file = dir.join(component).join(if component == "scheduler" {
+                    "scheduler_config.json"
+                } else {
+                    "config.json"
+                });
+                if file.exists() {
+                    let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+                    let json = serde_json::from_str(&text).map_err(|e| Error::InvalidConfig {
+                        path: file.clone(),
+                        reason: e.to_string(),
+                    })?;
+                    return Ok(Some((json, file.display().to_string())));
+                }
+            }
+            Ok(embedded.clone().map(|j| {
+                (
+                    j,
+                    path.join(component)
+                        .join("config.json")
+                        .display()
+                        .to_string(),
+                )
+            }))
+        };
+        let clip_config = match config_json("text_encoder", &files.text_encoder_config)? {
+            Some((json, origin)) => ClipConfig::from_json(&json, &origin)?,
+            None => infer::clip_config(&files)?,
+        };
+        let unet_config = match config_json("unet", &files.unet_config)? {
+            Some((json, origin)) => UNetConfig::from_json(&json, &origin)?,
+            None => infer::unet_config(&files)?,
+        };
+        let vae_config = match config_json("vae", &files.vae_config)? {
+            Some((json, origin)) => VaeConfig::from_json(&json, &origin)?,
+            None => infer::vae_config(&files)?,
+        };
+        let scheduler_config = match config_json("scheduler", &files.scheduler_config)? {
+            Some((json, origin)) => {
+                SchedulerConfig::from_json_str(&json.to_string()).map_err(|e| {
+                    Error::InvalidConfig {
+                        path: origin.into(),
+                        reason: e.to_string(),
+                    }
+                })?
+            }
+            None => SchedulerConfig::sd_v1_5(),
+        };
+        let tokenizer = match &files.tokenizer_dir {
+            Some(dir) => Tokenizer::from_dir(dir)?,
+            None => Tokenizer::clip()?,
+        };
+        let device = options.device;
+        let text_encoder =
+            ClipTextModel::new(&Arc::new(files.text_encoder).view(device), &clip_config)?;
+        let unet = UNet2DConditionModel::new(&Arc::new(files.unet).view(device), &unet_config)?;
+        let vae = AutoencoderKL::new(&Arc::new(files.vae).view(device), &vae_config)?;
+        let model_name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Pipeline {
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            scheduler_config,
+            device,
+            model_path: path.to_path_buf(),
+            model_name,
+            model_hash: OnceLock::new(),
+        })
+    }
+
+    /// The device the models run on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The text encoder.
+    pub fn text_encoder(&self) -> &ClipTextModel {
+        &self.text_encoder
+    }
+
+    /// The UNet.
+    pub fn unet(&self) -> &UNet2DConditionModel {
+        &self.unet
+    }
+
+    /// The autoencoder.
+    pub fn vae(&self) -> &AutoencoderKL {
+        &self.vae
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The image size the model was trained at, `(width, height)` in pixels: what diffusers uses
+    /// when no size is given (512x512 for SD 1.x).
+    pub fn default_size(&self) -> (usize, usize) {
+        let side = self.unet.config().sample_size * self.latent_factor();
+        (side, side)
+    }
+
+    /// Pixels per latent along each axis (8 for SD models).
+    pub fn latent_factor(&self) -> usize {
+        self.vae.config().downscale_factor()
+    }
+
+    /// The model file's A1111 short hash (sha256, first 10 hex digits), computed on first use;
+    /// `None` for a folder.
+    pub fn model_hash(&self) -> Option<&str> {
+        self.model_hash
+            .get_or_init(|| {
+                if self.model_path.is_file() {
+                    image::model_hash(&self.model_path).ok()
+                } else {
+                    None
+                }
+            })
+            .as_deref()
+    }
+
+    /// Encodes a prompt into `[1, 77, hidden]` conditioning.
+    pub fn encode_prompt(&self, prompt: &str, clip_skip: usize) -> Result<Tensor> {
+        let ids = self
+            .tokenizer
+            .encode_padded(prompt, self.text_encoder.config().max_position_embeddings)?;
+        self.text_encoder.forward(&[ids], clip_skip)
+    }
+
+    /// Generates images. `progress` is called after every denoising step on the calling thread;
+    /// returning `false` cancels with [`Error::Cancelled`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the offending field, [`Error::Cancelled`], or a device
+    /// error.
+    pub fn generate(
+        &self,
+        request: &GenerateRequest,
+        progress: &mut dyn FnMut(&Progress) -> bool,
+    ) -> Result<Generation> {
+        let factor = self.latent_factor();
+        request.validate(factor)?;
+        let b = request.batch_size;
+        let (lh, lw) = (request.height / factor, request.width / factor);
+        let latent_channels = self.unet.config().in_channels;
+        let latent_shape = [b, latent_channels, lh, lw];
+
+        // Conditioning: [uncond × b, cond × b] as diffusers batches it.
+        let guided = request.guidance_scale > 1.0;
+        let cond = self.encode_prompt(&request.prompt, request.clip_skip)?;
+        let context = if guided {
+            let uncond = self.encode_prompt(&request.negative_prompt, request.clip_skip)?;
+            let mut parts = vec![&uncond; b];
+            parts.extend(std::iter::repeat_n(&cond, b));
+            Tensor::cat(&parts, 0)?
+        } else {
+            Tensor::cat(&vec![&cond; b], 0)?
+        };
+
+        let mut scheduler =
+            schedulers::build(request.scheduler, &self.scheduler_config, request.steps)?;
+        let mut rng = TorchRng::new(request.seed);
+        let vae_scale = self.vae.config().scaling_factor as f32;
+
+        let (mut latents, start) = match &request.init_image {
+            None => {
+                let noise = match &request.initial_latents {
+                    Some(l) => {
+                        if l.dims() != latent_shape {
+                            return Err(Error::invalid_argument(
+                                "initial_latents",
+                                format!("shape {} does not match {:?}", l.shape(), latent_shape),
+                            ));
+                        }
+                        l.to_device(self.device)?
+                    }
+                    None => rng.randn_tensor(latent_shape, self.device)?,
+                };
+                (noise.scale(scheduler.init_noise_sigma() as f32)?, 0)
+            }
+            Some(img) => {
+                let start = schedulers::img2img_start(request.steps, request.strength)?;
+                let img = if img.width != request.width || img.height != request.height {
+                    image::resize_lanczos(img, request.width, request.height)?
+                } else {
+                    img.clone()
+                };
+                let pixels =
+                    image::to_tensor(std::slice::from_ref(&img))?.to_device(self.device)?;
+                let (mean, std) = self.vae.encode(&pixels)?;
+                let sample = rng.randn_tensor(mean.shape().clone(), self.device)?;
+                let init = mean.add(&std.mul(&sample)?)?.scale(vae_scale)?;
+                let init = Tensor::cat(&vec![&init; b], 0)?;
+                let noise = rng.randn_tensor(latent_shape, self.device)?;
+                (scheduler.add_noise(&init, &noise, start)?, start)
+            }
+        };
+
+        let timesteps: Vec<f64> = scheduler.timesteps().to_vec();
+        let total = timesteps.len() - start;
+        for (i, &t) in timesteps.iter().enumerate().skip(start) {
+            let model_in = if guided {
+                Tensor::cat(&[&latents, &latents], 0)?
+            } else {
+                latents.clone()
+            };
+            let model_in = scheduler.scale_model_input(&model_in, i)?;
+            let out = self.unet.forward(&model_in, t, &context)?;
+            let noise_pred = if guided {
+                let halves = out.chunk(2, 0)?;
+                let (uncond, text) = (&halves[0], &halves[1]);
+                uncond.add(&text.sub(uncond)?.scale(request.guidance_scale as f32)?)?
+            } else {
+                out
+            };
+            let step_noise = if scheduler.needs_noise() {
+                Some(rng.randn_tensor(latent_shape, self.device)?)
+            } else {
+                None
+            };
+            latents = scheduler.step(&noise_pred, i, &latents, step_noise.as_ref())?;
+            let done = i + 1 - start;
+            if !progress(&Progress {
+                step: done,
+                total_steps: total,
+                timestep: t,
+            }) {
+                return Err(Error::Cancelled { step: done });
+            }
+        }
+
+        let decoded = self.vae.decode(&latents.scale(1.0 / vae_scale)?)?;
+        let images = image::from_tensor(&decoded)?;
+        let infotexts = (0..b).map(|i| self.infotext(request, i)).collect();
+        Ok(Generation {
+            images,
+            latents,
+            infotexts,
+        })
+    }
+
+    fn infotext(&self, request: &GenerateRequest, index: usize) -> String {
+        let (sampler, schedule) = (
+            request.scheduler.infotext_sampler(),
+            request.scheduler.infotext_schedule_type(),
+        );
+        let mut extra = Vec::new();
+        if request.batch_size > 1 {
+            extra.push(("Batch size".to_string(), request.batch_size.to_string()));
+            extra.push(("Batch pos".to_string(), index.to_string()));
+        }
+        GenerationInfo {
+            prompt: request.prompt.clone(),
+            negative_prompt: request.negative_prompt.clone(),
+            steps: request.steps as u32,
+            sampler: sampler.to_string(),
+            schedule_type: schedule.map(str::to_string),
+            cfg_scale: request.guidance_scale as f32,
+            seed: request.seed,
+            width: request.width as u32,
+            height: request.height as u32,
+            model_hash: self.model_hash().map(str::to_string),
+            model_name: Some(self.model_name.clone()).filter(|n| !n.is_empty()),
+            denoising_strength: request.init_image.as_ref().map(|_| request.strength as f32),
+            clip_skip: Some(request.clip_skip as u32).filter(|&c| c > 1),
+            extra,
+            version: Some(format!("sdrs {}", env!("CARGO_PKG_VERSION"))),
+        }
+        .to_infotext()
+    }
+}
+
+mod infer;

@@ -1,0 +1,132 @@
+//! What a caller asks for: [`GenerateRequest`].
+
+use crate::error::{Error, Result};
+use crate::image::RgbImage;
+use crate::schedulers::SchedulerKind;
+use crate::tensor::Tensor;
+
+/// Largest width or height accepted, in pixels. Bounds memory: a 4096x4096 image needs about
+/// 3 GiB of activations in the autoencoder.
+pub const MAX_IMAGE_SIDE: usize = 4096;
+
+/// Largest number of images per call.
+pub const MAX_BATCH: usize = 64;
+
+/// Largest number of denoising steps per call.
+pub const MAX_STEPS: usize = 1000;
+
+/// One generation request: text-to-image, or image-to-image when [`init_image`](Self::init_image)
+/// is set.
+///
+/// Build it with [`GenerateRequest::new`] and override fields; every field documents its default.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    /// The prompt.
+    pub prompt: String,
+    /// What to steer away from. Default: empty (the unconditional embedding).
+    pub negative_prompt: String,
+    /// Image width in pixels, a multiple of 8 (of the model's latent factor). Default: 512.
+    pub width: usize,
+    /// Image height in pixels, a multiple of 8. Default: 512.
+    pub height: usize,
+    /// Denoising steps. Default: 20. For img2img, only `steps × strength` of them run, as in
+    /// diffusers.
+    pub steps: usize,
+    /// Classifier-free guidance scale; values ≤ 1 disable guidance (one UNet pass per step).
+    /// Default: 7.5.
+    pub guidance_scale: f64,
+    /// The sampler. Default: [`SchedulerKind::Pndm`] (PLMS), the one SD 1.5's diffusers
+    /// scheduler config names.
+    pub scheduler: SchedulerKind,
+    /// Seed of the noise generator (the same generator as `torch.Generator("cpu").manual_seed`).
+    /// Default: 0.
+    pub seed: u64,
+    /// Number of images. Default: 1.
+    pub batch_size: usize,
+    /// CLIP skip, counted as AUTOMATIC1111 counts it (1 = last layer). Default: 1.
+    pub clip_skip: usize,
+    /// Starting image for img2img; it is resized to `width x height` (Lanczos) when it differs.
+    /// Default: none (text-to-image).
+    pub init_image: Option<RgbImage>,
+    /// img2img strength in `[0, 1]`: how much of the schedule is run on the noised image.
+    /// Default: 0.8.
+    pub strength: f64,
+    /// Unit-variance initial noise `[batch, latent_channels, height/8, width/8]` (NCHW) used
+    /// instead of the seeded draw, exactly like diffusers' `latents=` argument: it is scaled by
+    /// the scheduler's initial sigma. Text-to-image only. Default: none.
+    pub initial_latents: Option<Tensor>,
+}
+
+impl GenerateRequest {
+    /// A request for `prompt` with every other field at its default.
+    pub fn new(prompt: impl Into<String>) -> Self {
+        GenerateRequest {
+            prompt: prompt.into(),
+            negative_prompt: String::new(),
+            width: 512,
+            height: 512,
+            steps: 20,
+            guidance_scale: 7.5,
+            scheduler: SchedulerKind::Pndm,
+            seed: 0,
+            batch_size: 1,
+            clip_skip: 1,
+            init_image: None,
+            strength: 0.8,
+            initial_latents: None,
+        }
+    }
+
+    /// Checks every field against the model's latent factor; errors name the field.
+    pub(crate) fn validate(&self, latent_factor: usize) -> Result<()> {
+        for (name, side) in [("width", self.width), ("height", self.height)] {
+            if side == 0 || side % latent_factor != 0 || side > MAX_IMAGE_SIDE {
+                return Err(Error::invalid_argument(
+                    name,
+                    format!(
+                        "{side} must be a positive multiple of {latent_factor} and at most {MAX_IMAGE_SIDE}"
+                    ),
+                ));
+            }
+        }
+        if self.steps == 0 || self.steps > MAX_STEPS {
+            return Err(Error::invalid_argument(
+                "steps",
+                format!("{} must be between 1 and {MAX_STEPS}", self.steps),
+            ));
+        }
+        if !self.guidance_scale.is_finite() {
+            return Err(Error::invalid_argument(
+                "guidance_scale",
+                format!("{} is not a finite number", self.guidance_scale),
+            ));
+        }
+        if self.batch_size == 0 || self.batch_size > MAX_BATCH {
+            return Err(Error::invalid_argument(
+                "batch_size",
+                format!("{} must be between 1 and {MAX_BATCH}", self.batch_size),
+            ));
+        }
+        if self.clip_skip == 0 {
+            return Err(Error::invalid_argument(
+                "clip_skip",
+                "must be at least 1 (1 = last layer)",
+            ));
+        }
+        if self.init_image.is_some() {
+            if !(self.strength.is_finite() && (0.0..=1.0).contains(&self.strength)) {
+                return Err(Error::invalid_argument(
+                    "strength",
+                    format!("{} must be in [0, 1]", self.strength),
+                ));
+            }
+            if self.initial_latents.is_some() {
+                return Err(Error::invalid_argument(
+                    "initial_latents",
+                    "cannot be combined with an init image (img2img draws its noise from the seed)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
