@@ -178,3 +178,10 @@ twin("hypernet", tw)
 
 total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT))
 print(f"wrote {len(os.listdir(OUT))} files, {total} bytes")
+
+# The raw data.pkl of sd_zip.ckpt, for the truncation / byte-flip sweep of the interpreter.
+import zipfile  # noqa: E402
+
+with zipfile.ZipFile(os.path.join(OUT, "sd_zip.ckpt")) as z:
+    with open(os.path.join(OUT, "sd_zip.data.pkl"), "wb") as f:
+        f.write(z.read("sd_zip/data.pkl"))
