@@ -1646,3 +1646,41 @@ fn errors_escape_untrusted_names() {
     let t = e.to_string();
     assert!(t.contains("\\u{1b}") && !t.contains('\x1b'), "{t}");
 }
+
+#[test]
+fn extra_inert_globals_are_values_never_callables() {
+    let p = cat(&[
+        PROTO2,
+        b"}",
+        &glob("trainer.callbacks", "Marker"),
+        &int(1),
+        b"s.",
+    ]);
+    let e = vm_err("unlisted", &p);
+    assert!(matches!(e.kind, K::ForbiddenGlobal { .. }));
+    let l = Limits {
+        extra_inert_globals: vec![("trainer.callbacks".into(), "Marker".into())],
+        ..Limits::default()
+    };
+    let doc = unpickle(&p, &l, PersistentIds::Zip, 0).expect("listed global is a key");
+    assert_eq!(doc.dict(doc.root()).map(<[_]>::len), Some(1));
+    let call = cat(&[PROTO2, &glob("trainer.callbacks", "Marker"), b")R."]);
+    let e = unpickle(&call, &l, PersistentIds::Zip, 0).expect_err("not callable");
+    assert!(matches!(e.kind, K::BadArgs { .. }), "{e}");
+    let newobj = cat(&[
+        PROTO2,
+        &glob("trainer.callbacks", "Marker"),
+        b")",
+        &[0x81],
+        b".",
+    ]);
+    let e = unpickle(&newobj, &l, PersistentIds::Zip, 0).expect_err("not a class");
+    assert!(matches!(e.kind, K::ForbiddenNewObj { .. }), "{e}");
+    let l = Limits {
+        extra_inert_globals: vec![("os".into(), "system".into())],
+        ..Limits::default()
+    };
+    let p = cat(&[PROTO2, &glob("os", "system"), b"."]);
+    let e = unpickle(&p, &l, PersistentIds::Zip, 0).expect_err("hard block");
+    assert!(matches!(e.kind, K::ForbiddenGlobal { .. }));
+}

@@ -78,6 +78,8 @@ pub enum Global {
     NumpyDtype,
     /// `numpy.core.multiarray.scalar` (metadata tier).
     NumpyScalar,
+    /// An entry of [`super::Limits::extra_inert_globals`], by index: inert, never callable.
+    Inert(u32),
 }
 
 impl Global {
@@ -101,6 +103,7 @@ impl Global {
             Global::LightningCallback => "pytorch_lightning.callbacks.model_checkpoint",
             Global::NumpyDtype => "numpy.dtype",
             Global::NumpyScalar => "numpy.core.multiarray.scalar",
+            Global::Inert(_) => "an extra inert global",
         }
     }
 }

@@ -895,7 +895,8 @@ impl<'a> Vm<'a> {
             | Global::TensorClass
             | Global::ParameterClass
             | Global::DType(_)
-            | Global::LightningCallback => Err(bad("not callable")),
+            | Global::LightningCallback
+            | Global::Inert(_) => Err(bad("not callable")),
         }
     }
 
@@ -1327,6 +1328,13 @@ fn resolve_global(module: &str, name: &str, limits: &Limits) -> R<Global> {
     };
     if let Some(g) = core {
         return Ok(g);
+    }
+    if let Some(i) = limits
+        .extra_inert_globals
+        .iter()
+        .position(|(em, en)| em == m && en == name)
+    {
+        return u32::try_from(i).map(Global::Inert).map_err(|_| forbidden());
     }
     if !limits.allow_metadata_globals {
         return Err(forbidden());
