@@ -1684,3 +1684,104 @@ fn extra_inert_globals_are_values_never_callables() {
     let e = unpickle(&p, &l, PersistentIds::Zip, 0).expect_err("hard block");
     assert!(matches!(e.kind, K::ForbiddenGlobal { .. }));
 }
+
+/// The zip64 layout that checkpoints over 4 GiB need: every size and offset in the central
+/// directory set to 0xFFFFFFFF with the real values in a zip64 extra field, and zip64
+/// end-of-central-directory records. Built small here by hand.
+fn zip64(recs: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for (name, data) in recs {
+        let off = out.len() as u64;
+        out.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+        out.extend_from_slice(&45u16.to_le_bytes());
+        out.extend_from_slice(&0x0808u16.to_le_bytes());
+        out.extend_from_slice(&[0; 6]); // method, time, date
+        out.extend_from_slice(&[0; 12]); // crc and sizes live in the data descriptor
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        // A 64-byte-style alignment pad in the local extra field, as torch writes.
+        let pad = (64 - (out.len() + 2 + name.len() + 4) % 64) % 64;
+        out.extend_from_slice(&((pad + 4) as u16).to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"FB");
+        out.extend_from_slice(&(pad as u16).to_le_bytes());
+        out.extend(std::iter::repeat_n(b'Z', pad));
+        assert_eq!(out.len() % 64, 0);
+        out.extend_from_slice(data);
+        out.extend_from_slice(&0x0807_4b50u32.to_le_bytes());
+        out.extend_from_slice(&crc32(data).to_le_bytes());
+        out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        central.push((name.to_string(), off, data.len() as u64, crc32(data)));
+    }
+    let cd_start = out.len() as u64;
+    for (name, off, size, crc) in &central {
+        out.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+        out.extend_from_slice(&45u16.to_le_bytes());
+        out.extend_from_slice(&45u16.to_le_bytes());
+        out.extend_from_slice(&0x0808u16.to_le_bytes());
+        out.extend_from_slice(&[0; 6]);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(&[0xff; 8]);
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(&28u16.to_le_bytes());
+        out.extend_from_slice(&[0; 2]); // comment
+        out.extend_from_slice(&[0; 8]); // disk, attributes
+        out.extend_from_slice(&[0xff; 4]);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&24u16.to_le_bytes());
+        out.extend_from_slice(&size.to_le_bytes());
+        out.extend_from_slice(&size.to_le_bytes());
+        out.extend_from_slice(&off.to_le_bytes());
+    }
+    let cd_size = out.len() as u64 - cd_start;
+    let z64 = out.len() as u64;
+    let n = central.len() as u64;
+    out.extend_from_slice(&0x0606_4b50u32.to_le_bytes());
+    out.extend_from_slice(&44u64.to_le_bytes());
+    out.extend_from_slice(&[45, 0, 45, 0]);
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(&cd_size.to_le_bytes());
+    out.extend_from_slice(&cd_start.to_le_bytes());
+    out.extend_from_slice(&0x0706_4b50u32.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&z64.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&[0xff; 4]);
+    out.extend_from_slice(&[0xff; 8]);
+    out.extend_from_slice(&[0; 2]);
+    out
+}
+
+#[test]
+fn zip64_archives_with_aligned_records_load() {
+    let pkl = dict1("w", &tensor(&storage("HalfStorage", "0", 3), 0, &[3], &[1]));
+    let half: Vec<u8> = [1.0f32, -2.0, 0.5]
+        .iter()
+        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+        .collect();
+    let z = zip64(&[
+        ("big/data.pkl", &pkl),
+        ("big/data/0", &half),
+        ("big/version", b"3\n"),
+        ("big/byteorder", b"little"),
+        ("big/.data/serialization_id", b"1234"),
+    ]);
+    let ck = open(z.clone()).expect("zip64 loads");
+    assert_eq!(ck.read_f32("w").expect("read"), vec![1.0, -2.0, 0.5]);
+    // A zip64 size beyond the file is refused.
+    let mut bad = z;
+    let at = bad
+        .windows(4)
+        .rposition(|w| w == b"\x01\x00\x18\x00")
+        .expect("an extra field");
+    bad[at + 4..at + 12].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    bad[at + 12..at + 20].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let e = open_err(bad);
+    assert!(matches!(e.kind, K::Zip(_)), "{e}");
+}
