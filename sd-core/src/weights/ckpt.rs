@@ -5,7 +5,7 @@
 //!
 //! * the zip format `torch.save` writes since torch 1.6: `P/data.pkl`, `P/data/<key>` storage
 //!   records, `P/version`, `P/byteorder` and a few bookkeeping records, all under one top-level
-//!   directory `P` (read by [`zip`] with the strictness of safe-loading.md §2.6);
+//!   directory `P` (read by a hand-written reader with the strictness of safe-loading.md §2.6);
 //! * the legacy format (torch 0.1.10–1.5): five pickles back to back, then the raw storages.
 //!
 //! TorchScript archives, the pre-0.1.10 tar format, 7z, gzip and torch's preview format are
@@ -591,10 +591,12 @@ fn parse_zip(data: &[u8], limits: &Limits) -> LResult<Parsed> {
         match r {
             Record::DataPkl => pkl = Some(e),
             Record::Version => {
-                if version.is_some() {
+                // `version` and `.data/version` may both be present; they must agree.
+                let v = small_record(data, e)?;
+                if version.is_some_and(|old| old != v) {
                     return Err(K::Zip(Z::DuplicateName(e.name.clone())).into());
                 }
-                version = Some(small_record(data, e)?);
+                version = Some(v);
             }
             Record::ByteOrder => byteorder = Some(small_record(data, e)?),
             Record::Storage(key) => {
