@@ -1785,3 +1785,32 @@ fn zip64_archives_with_aligned_records_load() {
     let e = open_err(bad);
     assert!(matches!(e.kind, K::Zip(_)), "{e}");
 }
+
+/// Re-runs the rows that would exhaust memory in a naive reader (P13, P16–P18, P20, P27, Z5,
+/// Z12) in a child process whose address space is capped at 512 MiB with `ulimit -v`: an
+/// allocation the size of a hostile length field would abort the child.
+#[test]
+fn x03_memory_rows_pass_under_ulimit_v() {
+    if std::env::var_os("SDRS_UNDER_ULIMIT").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        panic!("no test executable path");
+    };
+    let rows = [
+        "p13_", "p16_", "p17_", "p18_", "p20_", "p27_", "z05_", "z12_",
+    ];
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 524288 && exec \"$0\" --test-threads 1 \"$@\"")
+        .arg(&exe)
+        .args(rows)
+        .env("SDRS_UNDER_ULIMIT", "1")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("spawn sh");
+    assert!(
+        status.success(),
+        "a memory row failed under ulimit -v: {status}"
+    );
+}
