@@ -64,6 +64,16 @@ pub enum Error {
     },
 
     // === Weights ===
+    /// A PyTorch checkpoint (`.ckpt`/`.pt`/`.bin`) was refused or is malformed; the source
+    /// says what was refused and where (byte offset, zip entry, global or tensor name).
+    #[error("{path}: {source}")]
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// What was refused and where.
+        #[source]
+        source: Box<crate::weights::pickle::LoadError>,
+    },
     /// A tensor the model needs is not present in any of the loaded files.
     #[error("missing weight `{name}` (looked in {source_desc})")]
     MissingWeight {
@@ -197,6 +207,7 @@ impl Error {
                 ErrorKind::NotFound
             }
             Error::Io { .. } => ErrorKind::Io,
+            Error::Checkpoint { source, .. } => source.error_kind(),
             Error::InvalidFile { .. }
             | Error::MissingWeight { .. }
             | Error::WeightShape { .. }

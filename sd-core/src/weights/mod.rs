@@ -3,10 +3,13 @@
 //! [`store`] defines the [`TensorSource`] trait that every container format implements and the
 //! [`WeightStore`] that model code reads through. [`safetensors`] reads (and writes) validated
 //! `.safetensors` files; [`names`] renames the original single-file layout to diffusers names;
-//! [`layout`] finds the components of a model on disk, whichever layout it is in.
+//! [`layout`] finds the components of a model on disk, whichever layout it is in; [`pickle`] and
+//! [`ckpt`] read pickle checkpoints without running any of their code.
 
+pub mod ckpt;
 pub mod layout;
 pub mod names;
+pub mod pickle;
 pub mod safetensors;
 pub mod store;
 
