@@ -1,5 +1,28 @@
-//! Text clean-up and pre-tokenization, in the order the reference `CLIPTokenizer` applies them when `ftfy` is not
-//! installed (its `BasicTokenizer(strip_accents=False, do_split_on_punc=False)` path):
+//! Text clean-up and pre-tokenization, in two variants (see [`super::TextCleanup`]).
+//!
+//! # transformers 5 (`tokenizers` library pipeline), the default
+//!
+//! transformers 5's `CLIPTokenizer` runs the `tokenizers` library with this pipeline:
+//!
+//! 1. `<|endoftext|>` written literally (case-sensitively, in the raw text) maps to its id; it is an added token
+//!    that is not normalised, so it is matched before anything else happens to the text;
+//! 2. each piece between those matches is NFC-normalised and lower-cased **character by character** (so `Σ` is
+//!    always `σ`, never the word-final `ς`; `İ` becomes `i` + U+0307); nothing is removed: control and format
+//!    characters, zero-width joiners, the BOM, U+FFFD and private-use characters all stay and become bytes;
+//! 3. `<|startoftext|>` is then matched in the *normalised* text (it is a normalised added token), so
+//!    `<|StartOfText|>` is also the begin token;
+//! 4. CLIP's pattern (case-sensitive this time) cuts the rest into pieces: `<|endoftext|>`, the contractions
+//!    `'s 't 're 've 'm 'll 'd`, letter runs, single numbers and runs of anything else; whitespace (Unicode
+//!    `White_Space`) separates pieces and is dropped. CJK ideographs get no special treatment, so `你好世界` is
+//!    one letter run;
+//! 5. the byte-level pre-tokenizer splits each piece again with GPT-2's pattern. That only changes a piece
+//!    `<|endoftext|>` produced by lower-casing (say from `<|ENDOFTEXT|>`): it becomes the three words `<|`,
+//!    `endoftext` and `|>`, each encoded with BPE.
+//!
+//! # transformers 4 slow tokenizer (A1111 and other code that uses the Python `CLIPTokenizer`)
+//!
+//! The Python `CLIPTokenizer` of transformers 4 without `ftfy` (its `BasicTokenizer(strip_accents=False,
+//! do_split_on_punc=False)` path) does this instead:
 //!
 //! 1. the text is split around the literal special tokens `<|startoftext|>` / `<|endoftext|>`, which map straight to
 //!    their ids; the pieces between them go through the remaining steps independently;
@@ -15,7 +38,7 @@
 //!    digits/numbers (`\p{N}`), and runs of anything else (`[^\s\p{L}\p{N}]+`, so an emoji ZWJ sequence that
 //!    survived step 2 stays one piece and `"!!!"` is one piece).
 //!
-//! Step 2 runs before NFC, so a decomposed accent (`e` + U+0301) is composed and encodes like `é`.
+//! Here step 2 runs before NFC, so a decomposed accent (`e` + U+0301) is composed and encodes like `é`.
 
 use std::sync::OnceLock;
 
@@ -29,10 +52,12 @@ pub(super) const END_OF_TEXT: &str = "<|endoftext|>";
 
 /// The compiled patterns, shared by every tokenizer.
 pub(super) struct Patterns {
-    /// Characters step 2 removes or turns into spaces.
+    /// Characters slow-tokenizer step 2 removes or turns into spaces.
     clean: Regex,
-    /// CLIP's pre-tokenizer (step 6).
+    /// CLIP's pre-tokenizer as the slow tokenizer applies it (step 6, case-insensitive).
     pieces: Regex,
+    /// CLIP's pre-tokenizer as the `tokenizers` pipeline applies it (step 4, case-sensitive).
+    pieces_v5: Regex,
 }
 
 /// Returns the shared compiled patterns; an error means a pattern literal in this file is invalid (a bug).
@@ -45,6 +70,9 @@ pub(super) fn patterns() -> Result<&'static Patterns, String> {
                 clean: compile(r"[\p{C}\p{Zs}\x{FFFD}]")?,
                 pieces: compile(
                     r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+",
+                )?,
+                pieces_v5: compile(
+                    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+",
                 )?,
             })
         })
@@ -61,14 +89,19 @@ pub(super) enum Segment<'a> {
     Text(&'a str),
 }
 
-/// Step 1: splits `text` around literal special tokens, leftmost first.
+/// Slow-tokenizer step 1: splits `text` around literal special tokens, leftmost first.
 pub(super) fn split_specials(text: &str) -> Vec<Segment<'_>> {
+    split_on(text, &[START_OF_TEXT, END_OF_TEXT])
+}
+
+/// Splits `text` around the literal occurrences of `specials`, leftmost first.
+pub(super) fn split_on<'a>(text: &'a str, specials: &[&'static str]) -> Vec<Segment<'a>> {
     let mut out = Vec::new();
     let mut rest = text;
     loop {
-        let next = [START_OF_TEXT, END_OF_TEXT]
-            .into_iter()
-            .filter_map(|special| rest.find(special).map(|at| (at, special)))
+        let next = specials
+            .iter()
+            .filter_map(|&special| rest.find(special).map(|at| (at, special)))
             .min_by_key(|&(at, _)| at);
         let Some((at, special)) = next else {
             break;
@@ -85,7 +118,36 @@ pub(super) fn split_specials(text: &str) -> Vec<Segment<'_>> {
     out
 }
 
-/// Steps 2 to 5: the lower-cased words of a text segment.
+/// transformers 5 step 2: NFC, then per-character lower-casing.
+pub(super) fn normalize_v5(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.nfc() {
+        if c.is_ascii() {
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.extend(c.to_lowercase());
+        }
+    }
+    out
+}
+
+/// transformers 5 step 4: the pieces of normalised text between begin tokens.
+pub(super) fn pieces_v5<'a>(pats: &Patterns, text: &'a str) -> impl Iterator<Item = &'a str> {
+    pats.pieces_v5.find_iter(text).map(|m| m.as_str())
+}
+
+/// transformers 5 step 5: the byte-level pre-tokenizer's words of a piece. GPT-2's pattern leaves every piece of
+/// step 4 whole except a literal special token, which it cuts into `<|`, the letters and `|>`.
+pub(super) fn byte_level_words(piece: &str) -> [&str; 3] {
+    if (piece == START_OF_TEXT || piece == END_OF_TEXT) && piece.len() > 4 {
+        let n = piece.len();
+        [&piece[..2], &piece[2..n - 2], &piece[n - 2..]]
+    } else {
+        [piece, "", ""]
+    }
+}
+
+/// Slow-tokenizer steps 2 to 5: the lower-cased words of a text segment.
 pub(super) fn words(pats: &Patterns, text: &str) -> Vec<String> {
     let cleaned = pats.clean.replace_all(text, |caps: &regex::Captures<'_>| {
         let c = caps[0].chars().next().unwrap_or('\0');
@@ -116,7 +178,7 @@ pub(super) fn words(pats: &Patterns, text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Step 6: the BPE pieces of one lower-cased word.
+/// Slow-tokenizer step 6: the BPE pieces of one lower-cased word.
 pub(super) fn pieces<'a>(pats: &Patterns, word: &'a str) -> impl Iterator<Item = &'a str> {
     pats.pieces.find_iter(word).map(|m| m.as_str())
 }
