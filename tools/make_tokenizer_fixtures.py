@@ -275,6 +275,8 @@ PROMPTS = [
     "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466" * 10,
     "\u732b" * 80,
     "a\ufffdb \ufffd\ufffd",
+    "\u0924\u0345r x\u0345 \u03b9\u0345 ypogegrammeni",
+    "\u0924\u0301\u08d3 \u1ace\u094d\u0301 e\u0301\u1df6 marks newer than Unicode 9",
 ]
 
 

@@ -36,7 +36,8 @@
 //! 6. CLIP's pattern cuts each word into pieces for BPE: `<|startoftext|>`, `<|endoftext|>`, the contractions
 //!    `'s 't 're 've 'm 'll 'd` (case-insensitively, so `'ſ` counts as `'s`), runs of letters (`\p{L}+`), single
 //!    digits/numbers (`\p{N}`), and runs of anything else (`[^\s\p{L}\p{N}]+`, so an emoji ZWJ sequence that
-//!    survived step 2 stays one piece and `"!!!"` is one piece).
+//!    survived step 2 stays one piece and `"!!!"` is one piece). U+0345 matches no alternative under the
+//!    reference's case-insensitive matching and is dropped, splitting a letter run.
 //!
 //! Here step 2 runs before NFC, so a decomposed accent (`e` + U+0301) is composed and encodes like `é`.
 
@@ -54,7 +55,10 @@ pub(super) const END_OF_TEXT: &str = "<|endoftext|>";
 pub(super) struct Patterns {
     /// Characters slow-tokenizer step 2 removes or turns into spaces.
     clean: Regex,
-    /// CLIP's pre-tokenizer as the slow tokenizer applies it (step 6, case-insensitive).
+    /// CLIP's pre-tokenizer as the slow tokenizer applies it (step 6, case-insensitive; the words are lower-cased
+    /// already, so only the literal alternatives need the flag). U+0345 (combining
+    /// ypogegrammeni, a mark whose case fold is the letter `ι`) is in no alternative: under Python `regex`'s
+    /// case-insensitive matching it is neither a letter nor outside the letters, so the reference drops it.
     pieces: Regex,
     /// CLIP's pre-tokenizer as the `tokenizers` pipeline applies it (step 4, case-sensitive).
     pieces_v5: Regex,
@@ -69,7 +73,7 @@ pub(super) fn patterns() -> Result<&'static Patterns, String> {
             Ok(Patterns {
                 clean: compile(r"[\p{C}\p{Zs}\x{FFFD}]")?,
                 pieces: compile(
-                    r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+",
+                    r"(?i:<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d)|\p{L}+|\p{N}|[^\s\p{L}\p{N}\x{345}]+",
                 )?,
                 pieces_v5: compile(
                     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+",
@@ -118,18 +122,136 @@ pub(super) fn split_on<'a>(text: &'a str, specials: &[&'static str]) -> Vec<Segm
     out
 }
 
-/// transformers 5 step 2: NFC, then per-character lower-casing.
+/// transformers 5 step 2: NFC as of Unicode 9.0, then per-character lower-casing.
+///
+/// The `tokenizers` library normalises with Unicode 9.0 tables. To those, a character assigned later is an inert
+/// starter: no decomposition, combining class 0, no composition, so nothing reorders or composes across it. The
+/// text is therefore cut at the characters of [`NEWER_THAN_UNICODE9`] and the parts are normalised with the
+/// current tables (which, by Unicode's stability policy, treat the older characters exactly as 9.0 did).
 pub(super) fn normalize_v5(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for c in text.nfc() {
-        if c.is_ascii() {
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.extend(c.to_lowercase());
+    let mut start = 0;
+    for (at, c) in text.char_indices() {
+        if is_newer_than_unicode9(c) {
+            push_nfc_lower(&text[start..at], &mut out);
+            push_lower(c, &mut out);
+            start = at + c.len_utf8();
         }
     }
+    push_nfc_lower(&text[start..], &mut out);
     out
 }
+
+/// Appends the NFC form of `text`, each character lower-cased on its own.
+fn push_nfc_lower(text: &str, out: &mut String) {
+    for c in text.nfc() {
+        push_lower(c, out);
+    }
+}
+
+/// Appends the lower-case mapping of one character (without context, so `Σ` is always `σ`).
+fn push_lower(c: char, out: &mut String) {
+    if c.is_ascii() {
+        out.push(c.to_ascii_lowercase());
+    } else {
+        out.extend(c.to_lowercase());
+    }
+}
+
+/// Whether `c` is in [`NEWER_THAN_UNICODE9`].
+fn is_newer_than_unicode9(c: char) -> bool {
+    let u = u32::from(c);
+    u >= NEWER_THAN_UNICODE9[0].0
+        && NEWER_THAN_UNICODE9
+            .binary_search_by(|&(lo, hi)| {
+                if hi < u {
+                    std::cmp::Ordering::Less
+                } else if lo > u {
+                    std::cmp::Ordering::Greater
+                } else {
+                    std::cmp::Ordering::Equal
+                }
+            })
+            .is_ok()
+}
+
+/// The characters, as sorted inclusive ranges, that matter to normalisation in the current Unicode tables
+/// (non-zero combining class, a canonical decomposition, or part of one) but were not assigned in Unicode 9.0.
+/// Found by comparing the `unicode-normalization` crate's tables with the `tokenizers` library's NFD, character
+/// by character; normalisation sees all of them as inert starters in transformers 5.
+const NEWER_THAN_UNICODE9: &[(u32, u32)] = &[
+    (0x5C8, 0x5C9),
+    (0x7FD, 0x7FD),
+    (0x897, 0x89F),
+    (0x8CA, 0x8D3),
+    (0x9FE, 0x9FE),
+    (0xC3C, 0xC3C),
+    (0xD3B, 0xD3C),
+    (0xEBA, 0xEBA),
+    (0x1715, 0x1715),
+    (0x1ABF, 0x1AF0),
+    (0x1DF6, 0x1DFA),
+    (0xA82C, 0xA82C),
+    (0x105C9, 0x105C9),
+    (0x105D2, 0x105D2),
+    (0x105DA, 0x105DA),
+    (0x105E4, 0x105E4),
+    (0x10D24, 0x10D27),
+    (0x10D69, 0x10D6D),
+    (0x10EAB, 0x10EAC),
+    (0x10ECB, 0x10ECF),
+    (0x10EF0, 0x10EFB),
+    (0x10EFD, 0x10EFF),
+    (0x10F46, 0x10F50),
+    (0x10F82, 0x10F85),
+    (0x11070, 0x11070),
+    (0x1133B, 0x1133B),
+    (0x11382, 0x11385),
+    (0x1138B, 0x1138B),
+    (0x1138E, 0x1138E),
+    (0x11390, 0x11391),
+    (0x113B8, 0x113B8),
+    (0x113BB, 0x113BB),
+    (0x113C2, 0x113C2),
+    (0x113C5, 0x113C5),
+    (0x113C7, 0x113C9),
+    (0x113CE, 0x113D0),
+    (0x1145E, 0x1145E),
+    (0x11839, 0x1183A),
+    (0x11930, 0x11930),
+    (0x11935, 0x11935),
+    (0x11938, 0x11938),
+    (0x1193D, 0x1193E),
+    (0x11943, 0x11943),
+    (0x119E0, 0x119E0),
+    (0x11A34, 0x11A34),
+    (0x11A47, 0x11A47),
+    (0x11A99, 0x11A99),
+    (0x11D42, 0x11D42),
+    (0x11D44, 0x11D45),
+    (0x11D97, 0x11D97),
+    (0x11F41, 0x11F42),
+    (0x1611E, 0x16129),
+    (0x1612F, 0x1612F),
+    (0x16D63, 0x16D63),
+    (0x16D67, 0x16D6A),
+    (0x16FF0, 0x16FF1),
+    (0x1D127, 0x1D128),
+    (0x1D250, 0x1D252),
+    (0x1D25B, 0x1D25C),
+    (0x1D25F, 0x1D25F),
+    (0x1D280, 0x1D281),
+    (0x1E08F, 0x1E08F),
+    (0x1E130, 0x1E136),
+    (0x1E2AE, 0x1E2AE),
+    (0x1E2EC, 0x1E2EF),
+    (0x1E4EC, 0x1E4EF),
+    (0x1E5EE, 0x1E5EF),
+    (0x1E6E3, 0x1E6E3),
+    (0x1E6E6, 0x1E6E6),
+    (0x1E6EE, 0x1E6EF),
+    (0x1E6F5, 0x1E6F5),
+];
 
 /// transformers 5 step 4: the pieces of normalised text between begin tokens.
 pub(super) fn pieces_v5<'a>(pats: &Patterns, text: &'a str) -> impl Iterator<Item = &'a str> {
