@@ -375,4 +375,53 @@ mod tests {
             ["it", "'s", "!!", "1", ".", "5", "<|endoftext|>", "'ſ"]
         );
     }
+
+    #[test]
+    fn transformers5_steps() {
+        // Only `<|endoftext|>` is split off the raw text; `<|startoftext|>` is found after normalisation.
+        assert_eq!(
+            split_on("a<|endoftext|><|StartOfText|>", &[END_OF_TEXT]),
+            vec![
+                Segment::Text("a"),
+                Segment::Special(END_OF_TEXT),
+                Segment::Text("<|StartOfText|>"),
+            ]
+        );
+        // Per-character lower-casing: no final sigma; nothing removed; NFC composes.
+        assert_eq!(
+            normalize_v5("ΟΔΟΣ\u{200b}\u{0}E\u{301}"),
+            "οδοσ\u{200b}\u{0}\u{e9}"
+        );
+        // U+08D3 (Unicode 11) is an inert starter to Unicode 9.0 normalisation: no reordering across it, while
+        // the marks of Unicode 9.0 still reorder (U+0316, class 220, before U+0301, class 230).
+        assert_eq!(normalize_v5("x\u{301}\u{8d3}"), "x\u{301}\u{8d3}");
+        assert_eq!(normalize_v5("q\u{301}\u{316}"), "q\u{316}\u{301}");
+        assert!(is_newer_than_unicode9('\u{1ace}'));
+        assert!(!is_newer_than_unicode9('\u{301}'));
+        assert!(!is_newer_than_unicode9('a'));
+        assert!(
+            NEWER_THAN_UNICODE9
+                .windows(2)
+                .all(|w| w[0].0 <= w[0].1 && w[0].1 < w[1].0)
+        );
+        let pats = patterns().expect("patterns compile");
+        let got: Vec<&str> = pieces_v5(pats, "it's 'ſ!! <|endoftext|> !<|endoftext|>").collect();
+        // A punctuation run swallows the start of a special token that follows it, as in the reference.
+        assert_eq!(
+            got,
+            [
+                "it",
+                "'s",
+                "'",
+                "ſ",
+                "!!",
+                "<|endoftext|>",
+                "!<|",
+                "endoftext",
+                "|>"
+            ]
+        );
+        assert_eq!(byte_level_words("<|endoftext|>"), ["<|", "endoftext", "|>"]);
+        assert_eq!(byte_level_words("cat"), ["cat", "", ""]);
+    }
 }
