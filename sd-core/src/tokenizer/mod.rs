@@ -556,6 +556,24 @@ mod tests {
     }
 
     #[test]
+    fn shareable_between_threads() -> Result<()> {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Tokenizer>();
+        let tok = Tokenizer::clip()?;
+        let old = tok.clone().with_cleanup(TextCleanup::Transformers4Slow);
+        std::thread::scope(|s| {
+            let a = s.spawn(|| tok.encode("猫 <|ENDOFTEXT|>"));
+            let b = s.spawn(|| old.encode("猫 <|ENDOFTEXT|>"));
+            assert_eq!(
+                a.join().ok(),
+                Some(vec![163, 234, 360, 27, 347, 40786, 4160, 91, 285])
+            );
+            assert_eq!(b.join().ok(), Some(vec![163, 234, 360, 49407]));
+        });
+        Ok(())
+    }
+
+    #[test]
     fn padded_rejects_tiny_length() -> Result<()> {
         let tok = Tokenizer::clip()?;
         let err = tok.encode_padded("x", 1).err();
