@@ -1,23 +1,31 @@
-"""Writes tests/fixtures/reference/tokenizer_ids.json: reference token ids for the CLIP tokenizer tests.
+"""Writes the reference token ids for the CLIP tokenizer tests (`sd-core/tests/tokenizer.rs`).
 
-Run from the repository root:
+There are two references, one per text clean-up that sd-core reproduces (`TextCleanup` in sd-core):
 
-    /work/venv-ref/bin/python tools/make_tokenizer_fixtures.py
+* transformers 5's `CLIPTokenizer` (backed by the `tokenizers` library; what diffusers loads with transformers 5),
+  written to tests/fixtures/reference/tokenizer_ids_v5.json. Run from the repository root with the reference
+  environment:
 
-Needs only `transformers` 4.x, whose `CLIPTokenizer` is the Python implementation sd-core reproduces; transformers
-5 replaced it with a `tokenizers`-backed class and dropped its `BasicTokenizer`. Where the reference environment
-has transformers 5, use a small environment with 4.x instead (this is how the committed fixture was made):
+      /work/venv-ref/bin/python tools/make_tokenizer_fixtures.py
 
-    python3 -m venv /tmp/tokvenv && /tmp/tokvenv/bin/pip install "transformers<5"
-    /tmp/tokvenv/bin/python tools/make_tokenizer_fixtures.py
+  The tokenizer is loaded exactly as diffusers loads it, `CLIPTokenizer.from_pretrained(
+  "tests/fixtures/tiny-sd/tokenizer")`, after checking that its vocabulary and merges are the ones sd-core embeds.
 
-The vocabulary is rebuilt from the same
-`bpe_simple_vocab_16e6.txt.gz` that sd-core embeds, exactly as CLIP derives it, and written as a diffusers-style
-`vocab.json` + `merges.txt` pair into a temporary directory. If `ftfy` happens to be installed, the tokenizer is
-switched back to its built-in `BasicTokenizer` clean-up, which is the behaviour sd-core reproduces.
+* transformers 4's Python `CLIPTokenizer` without `ftfy` (its `BasicTokenizer` clean-up, as AUTOMATIC1111 uses it),
+  written to tests/fixtures/reference/tokenizer_ids.json. transformers 5 no longer has that class, so run the same
+  script in a small environment with transformers 4.x:
 
-For every prompt the fixture stores the ids without special tokens and untruncated
-(`tokenizer(text, add_special_tokens=False).input_ids`) and the 77 ids an SD 1.x pipeline feeds the text encoder
+      python3 -m venv /tmp/tokvenv && /tmp/tokvenv/bin/pip install "transformers<5"
+      /tmp/tokvenv/bin/python tools/make_tokenizer_fixtures.py
+
+  The vocabulary is rebuilt from the same `bpe_simple_vocab_16e6.txt.gz` that sd-core embeds, exactly as CLIP
+  derives it, and written as a diffusers-style `vocab.json` + `merges.txt` pair into a temporary directory. If
+  `ftfy` happens to be installed, the tokenizer is switched back to its built-in `BasicTokenizer` clean-up, which
+  is the behaviour sd-core reproduces.
+
+The script picks the reference from the installed transformers version. Both files hold the same prompts; for each
+one they store the ids without special tokens and untruncated (`tokenizer(text, add_special_tokens=False).input_ids`)
+and the 77 ids an SD 1.x pipeline feeds the text encoder
 (`tokenizer(text, padding="max_length", max_length=77, truncation=True).input_ids`).
 """
 
@@ -29,19 +37,16 @@ import tempfile
 import unicodedata
 
 import transformers
+from transformers import CLIPTokenizer
 
-if int(transformers.__version__.split(".")[0]) >= 5:
-    sys.exit(
-        f"transformers {transformers.__version__} has no Python CLIPTokenizer; "
-        "run with transformers<5 (see the top of this script)"
-    )
-
-from transformers import CLIPTokenizer  # noqa: E402
-from transformers.models.clip.tokenization_clip import BasicTokenizer  # noqa: E402
+V5 = int(transformers.__version__.split(".")[0]) >= 5
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BPE_GZ = os.path.join(ROOT, "sd-core", "data", "bpe_simple_vocab_16e6.txt.gz")
-OUT = os.path.join(ROOT, "tests", "fixtures", "reference", "tokenizer_ids.json")
+TINY_SD_TOKENIZER = os.path.join(ROOT, "tests", "fixtures", "tiny-sd", "tokenizer")
+OUT = os.path.join(
+    ROOT, "tests", "fixtures", "reference", "tokenizer_ids_v5.json" if V5 else "tokenizer_ids.json"
+)
 MAX_LEN = 77
 
 
@@ -244,10 +249,58 @@ PROMPTS = [
     "word " * 74 + "end",
     "word " * 75,
     "word " * 76,
+    # cases that separate the transformers 5 pipeline from the transformers 4 slow tokenizer
+    "<|STARTOFTEXT|> a cat",
+    "<|StartOfText|>x<|startofTEXT|>",
+    "<|EndOfText|>",
+    "a<|ENDOFTEXT|>b",
+    "!<|ENDOFTEXT|>! and !<|endoftext|>!",
+    "<|startoftext|>\u0338 <|endoftext|>\u0338 composing after a special token",
+    "\u03a3\u039f\u03a6\u039f\u03a3 \u03a3 A\u03a3 \u03a3. \u03c3\u03a3\u03c3",
+    "\u0130I\u0131 \u0130stanbul",
+    "x\u200dy\u200cz\u2060w",
+    "\x00\x01\x02 controls \x1c\x1d\x1e\x1f",
+    "tab\x0bvt\x0cff end",
+    "\u00ad\u061c\u200e\u200f\u2066format\u2069 chars",
+    "\u6f22\u5b57\u304b\u306a\u4ea4\u3058\u308a\u6587",
+    "\U0002a700\U0002b740 ext C D \U00030000 ext G",
+    "\ue000 private \U000f0000 plane 15",
+    "\u0378 unassigned \U000e0001 tag",
+    "\u01c4\u01c5\u01c6 \u01c5ungla titlecase",
+    "\u2126mega \u212a kelvin \u212b angstrom",
+    "\ufb00\ufb03 \ufb05 ligatures \ufb01re",
+    "don'\u017f 'S 'T 'RE 'VE 'M 'LL 'D",
+    "a\u0085b\u3000c\u2003d\u180ee\u200bf",
+    "\u1e9b\u0323 \u0041\u030a\u0301 \u1100\u1161\u11a8 jamo",
+    "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466" * 10,
+    "\u732b" * 80,
+    "a\ufffdb \ufffd\ufffd",
+    "\u0924\u0345r x\u0345 \u03b9\u0345 ypogegrammeni",
+    "\u0924\u0301\u08d3 \u1ace\u094d\u0301 e\u0301\u1df6 marks newer than Unicode 9",
 ]
 
 
-def main():
+def load_v5():
+    """transformers 5's CLIPTokenizer as diffusers loads it, checked to use the vocabulary sd-core embeds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_path, merges_path = write_tokenizer_files(tmp)
+        with open(vocab_path, encoding="utf-8") as f:
+            vocab = json.load(f)
+        with open(merges_path, encoding="utf-8") as f:
+            merges = f.read().split("\n")[1:]
+    with open(os.path.join(TINY_SD_TOKENIZER, "merges.txt"), encoding="utf-8") as f:
+        tiny_merges = f.read().split("\n")[1:]
+    strip = lambda lines: [line for line in lines if line.strip()]  # noqa: E731
+    assert strip(tiny_merges) == strip(merges), "tiny-sd merges differ from the embedded ones"
+    tok = CLIPTokenizer.from_pretrained(TINY_SD_TOKENIZER)
+    assert tok.get_vocab() == vocab, "tiny-sd vocabulary differs from the embedded one"
+    return tok
+
+
+def load_v4():
+    """transformers 4's Python CLIPTokenizer with its built-in clean-up."""
+    from transformers.models.clip.tokenization_clip import BasicTokenizer
+
     with tempfile.TemporaryDirectory() as tmp:
         vocab_path, merges_path = write_tokenizer_files(tmp)
         tok = CLIPTokenizer(vocab_path, merges_path)
@@ -255,6 +308,11 @@ def main():
         # ftfy is installed; use the clean-up transformers falls back to without it.
         tok.fix_text = None
         tok.nlp = BasicTokenizer(strip_accents=False, do_split_on_punc=False)
+    return tok
+
+
+def main():
+    tok = load_v5() if V5 else load_v4()
     assert len(set(PROMPTS)) == len(PROMPTS), "duplicate prompts"
     cases = []
     for text in PROMPTS:
@@ -264,6 +322,7 @@ def main():
         cases.append({"text": text, "ids": ids, "padded": padded})
     out = {
         "generator": "tools/make_tokenizer_fixtures.py",
+        "tokenizer": type(tok).__module__ + "." + type(tok).__name__,
         "transformers": transformers.__version__,
         "python": sys.version.split()[0],
         "unicode": unicodedata.unidata_version,

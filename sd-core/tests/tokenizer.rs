@@ -1,15 +1,25 @@
-//! The CLIP tokenizer against reference ids from transformers' `CLIPTokenizer`
-//! (`tests/fixtures/reference/tokenizer_ids.json`, written by `tools/make_tokenizer_fixtures.py`), plus loading a
-//! tokenizer from files and the errors of malformed files.
+//! The CLIP tokenizer against reference ids from transformers' `CLIPTokenizer`, written by
+//! `tools/make_tokenizer_fixtures.py`: `tests/fixtures/reference/tokenizer_ids_v5.json` (transformers 5, the
+//! default [`TextCleanup::Transformers5`]) and `tokenizer_ids.json` (transformers 4's Python tokenizer,
+//! [`TextCleanup::Transformers4Slow`]); plus loading a tokenizer from files and the errors of malformed files.
 
 use std::path::{Path, PathBuf};
 
-use sd_core::tokenizer::{MODEL_MAX_LENGTH, Tokenizer};
+use sd_core::tokenizer::{MODEL_MAX_LENGTH, TextCleanup, Tokenizer};
 use sd_core::{Error, ErrorKind, Result};
 
-const FIXTURE: &str = concat!(
+const FIXTURE_V4: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../tests/fixtures/reference/tokenizer_ids.json"
+);
+const FIXTURE_V5: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/fixtures/reference/tokenizer_ids_v5.json"
+);
+/// The tokenizer folder of the tiny diffusers pipeline, the one the v5 reference was loaded from.
+const TINY_SD_TOKENIZER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/fixtures/tiny-sd/tokenizer"
 );
 
 fn ids_of(value: &serde_json::Value, key: &str) -> Vec<u32> {
@@ -21,13 +31,20 @@ fn ids_of(value: &serde_json::Value, key: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Every reference case must match exactly, both untruncated without specials and padded to 77.
-#[test]
-fn matches_reference_ids() -> Result<()> {
-    let text = std::fs::read_to_string(FIXTURE).map_err(|e| Error::io(FIXTURE, e))?;
-    let fixture: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::invalid_file(FIXTURE, e.to_string()))?;
-    let tok = Tokenizer::clip()?;
+fn load_fixture(path: &str) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::invalid_file(path, e.to_string()))
+}
+
+/// Every case of the fixture at `path` (written by transformers `major`.x) must match exactly, both untruncated
+/// without specials and padded to 77, and again through the per-word cache.
+fn check_fixture(tok: &Tokenizer, path: &str, major: &str) -> Result<()> {
+    let fixture = load_fixture(path)?;
+    let version = fixture["transformers"].as_str().unwrap_or("");
+    assert!(
+        version.starts_with(&format!("{major}.")),
+        "{path} was written by transformers {version}, expected {major}.x"
+    );
     assert_eq!(
         fixture["max_length"].as_u64(),
         Some(MODEL_MAX_LENGTH as u64)
@@ -40,7 +57,7 @@ fn matches_reference_ids() -> Result<()> {
         Some(tok.vocab_size() as u64)
     );
     let cases = fixture["cases"].as_array().expect("fixture has cases");
-    assert!(cases.len() >= 80, "only {} cases", cases.len());
+    assert!(cases.len() >= 140, "only {} cases", cases.len());
     let mut failures = Vec::new();
     for case in cases {
         let prompt = case["text"].as_str().expect("case text is a string");
@@ -61,7 +78,8 @@ fn matches_reference_ids() -> Result<()> {
     }
     assert!(
         failures.is_empty(),
-        "{} of {} cases differ from the reference:\n{}",
+        "{:?}: {} of {} cases differ from {path}:\n{}",
+        tok.cleanup(),
         failures.len(),
         cases.len(),
         failures.join("\n")
@@ -75,6 +93,59 @@ fn matches_reference_ids() -> Result<()> {
             "cached: {prompt:?}"
         );
     }
+    Ok(())
+}
+
+/// The default clean-up reproduces transformers 5's `CLIPTokenizer`.
+#[test]
+fn matches_transformers5_ids() -> Result<()> {
+    let tok = Tokenizer::clip()?;
+    assert_eq!(tok.cleanup(), TextCleanup::Transformers5);
+    check_fixture(&tok, FIXTURE_V5, "5")
+}
+
+/// The tokenizer folder diffusers loads gives the same ids as the embedded vocabulary.
+#[test]
+fn tiny_sd_folder_matches_transformers5_ids() -> Result<()> {
+    check_fixture(&Tokenizer::from_dir(TINY_SD_TOKENIZER)?, FIXTURE_V5, "5")
+}
+
+/// The legacy clean-up reproduces transformers 4's Python `CLIPTokenizer` (AUTOMATIC1111).
+#[test]
+fn matches_transformers4_slow_ids() -> Result<()> {
+    let tok = Tokenizer::clip()?.with_cleanup(TextCleanup::Transformers4Slow);
+    assert_eq!(tok.cleanup(), TextCleanup::Transformers4Slow);
+    check_fixture(&tok, FIXTURE_V4, "4")
+}
+
+/// Both references hold the same prompts, and the two clean-ups must really differ on some of them (the fixtures
+/// would not separate them otherwise); clones with different clean-ups share one cache without mixing results.
+#[test]
+fn clean_ups_differ_where_the_references_do() -> Result<()> {
+    let v4 = load_fixture(FIXTURE_V4)?;
+    let v5 = load_fixture(FIXTURE_V5)?;
+    let (c4, c5) = (
+        v4["cases"].as_array().expect("cases"),
+        v5["cases"].as_array().expect("cases"),
+    );
+    assert_eq!(c4.len(), c5.len());
+    let new = Tokenizer::clip()?;
+    let old = new.clone().with_cleanup(TextCleanup::Transformers4Slow);
+    let mut differing = 0;
+    for (a, b) in c4.iter().zip(c5) {
+        assert_eq!(a["text"], b["text"], "fixtures list different prompts");
+        let prompt = a["text"].as_str().expect("case text is a string");
+        if ids_of(a, "ids") != ids_of(b, "ids") {
+            differing += 1;
+            assert_ne!(old.encode(prompt), new.encode(prompt), "{prompt:?}");
+        }
+        assert_eq!(old.encode(prompt), ids_of(a, "ids"), "{prompt:?}");
+        assert_eq!(new.encode(prompt), ids_of(b, "ids"), "{prompt:?}");
+    }
+    assert!(
+        differing >= 30,
+        "only {differing} prompts separate the clean-ups"
+    );
     Ok(())
 }
 
@@ -191,40 +262,41 @@ fn from_files_errors() {
     assert!(e.to_string().contains("vocab.json"), "{e}");
 }
 
-/// Rough BPE throughput with and without the per-word cache; run with `--ignored --nocapture`.
+/// Rough throughput of both clean-ups with and without the per-word cache; run with `--ignored --nocapture`.
 #[test]
 #[ignore = "timing report, not a check"]
 fn throughput() -> Result<()> {
     let start = std::time::Instant::now();
-    let tok = Tokenizer::clip()?;
+    Tokenizer::clip()?;
     println!(
         "first Tokenizer::clip(): {:.1} ms",
         start.elapsed().as_secs_f64() * 1e3
     );
-    let text = std::fs::read_to_string(FIXTURE).map_err(|e| Error::io(FIXTURE, e))?;
-    let fixture: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::invalid_file(FIXTURE, e.to_string()))?;
+    let fixture = load_fixture(FIXTURE_V4)?;
     let prompts: Vec<String> = fixture["cases"]
         .as_array()
         .expect("cases")
         .iter()
         .map(|c| c["text"].as_str().unwrap_or("").to_owned())
         .collect();
-    let start = std::time::Instant::now();
-    let mut n = 0usize;
-    for (i, p) in prompts.iter().enumerate() {
-        // A fresh tokenizer state per pass is not available, so make words unique to defeat the cache.
-        n += tok.encode(&format!("{p} uniq{i}word")).len();
-    }
-    let cold = n as f64 / start.elapsed().as_secs_f64();
-    let start = std::time::Instant::now();
-    let mut n = 0usize;
-    for _ in 0..50 {
+    for cleanup in [TextCleanup::Transformers5, TextCleanup::Transformers4Slow] {
+        // A tokenizer loaded from files has its own, empty cache.
+        let tok = Tokenizer::from_dir(TINY_SD_TOKENIZER)?.with_cleanup(cleanup);
+        let start = std::time::Instant::now();
+        let mut n = 0usize;
         for p in &prompts {
             n += tok.encode(p).len();
         }
+        let cold = n as f64 / start.elapsed().as_secs_f64();
+        let start = std::time::Instant::now();
+        let mut n = 0usize;
+        for _ in 0..50 {
+            for p in &prompts {
+                n += tok.encode(p).len();
+            }
+        }
+        let warm = n as f64 / start.elapsed().as_secs_f64();
+        println!("{cleanup:?} tokens/s: first pass {cold:.0}, cached {warm:.0}");
     }
-    let warm = n as f64 / start.elapsed().as_secs_f64();
-    println!("tokens/s: first pass {cold:.0}, cached {warm:.0}");
     Ok(())
 }

@@ -1,15 +1,22 @@
-//! The CLIP byte-level BPE tokenizer, giving the same ids as the reference `CLIPTokenizer` (the Python tokenizer
-//! of `transformers`, with its built-in text clean-up used when `ftfy` is not installed).
+//! The CLIP byte-level BPE tokenizer, giving the same ids as the reference `CLIPTokenizer` of `transformers`.
 //!
 //! The vocabulary of CLIP ViT-L/14 (used by SD 1.x and as SDXL's first text encoder) is embedded in the crate:
 //! [`Tokenizer::clip`] builds it once, on first use, and hands out cheap clones that share it. A checkpoint's own
 //! `tokenizer/` folder (diffusers layout) loads with [`Tokenizer::from_dir`] or [`Tokenizer::from_files`].
 //!
-//! What happens to text, step by step, is documented in the private `normalize` module; in short: special tokens
-//! written literally map to their ids, control and format characters are dropped, whitespace is collapsed, CJK
-//! ideographs become separate words, the text is NFC-normalised and lower-cased, then cut into letter runs, single
-//! digits, contractions and punctuation runs, each encoded with byte-level BPE (`</w>` marks word ends). A piece
-//! whose BPE result is not in the vocabulary maps to `<|endoftext|>`, as in the reference.
+//! Two text clean-ups are available ([`TextCleanup`]); they give the same ids for ordinary prompts and differ on
+//! control and zero-width characters, CJK ideographs, some lower-casing corner cases and upper-case special tokens:
+//!
+//! - [`TextCleanup::Transformers5`] (the default) matches transformers 5's `CLIPTokenizer`, the
+//!   `tokenizers`-library pipeline that diffusers' pipelines use: NFC, per-character lower-casing, CLIP's split
+//!   pattern, byte-level BPE; nothing is removed from the text.
+//! - [`TextCleanup::Transformers4Slow`] matches transformers 4's Python `CLIPTokenizer` without `ftfy`, as used by
+//!   AUTOMATIC1111's web UI and other code built on transformers 4: control and format characters are dropped,
+//!   whitespace is collapsed, CJK ideographs become separate words, then NFC and lower-casing.
+//!
+//! What happens to text, step by step, is documented in the private `normalize` module. In both, the pieces of
+//! text are encoded with byte-level BPE (`</w>` marks word ends), and a piece whose BPE result is not in the
+//! vocabulary maps to `<|endoftext|>`, as in the reference.
 //!
 //! # Example
 //! ```
@@ -47,6 +54,21 @@ const MAX_CACHED_WORDS: usize = 100_000;
 /// CLIP's BPE merges as published with the original model (MIT licence, see `sd-core/data/README.md`).
 static CLIP_MERGES_GZ: &[u8] = include_bytes!("../../data/bpe_simple_vocab_16e6.txt.gz");
 
+/// Which reference tokenizer's text handling [`Tokenizer`] reproduces. Both share the vocabulary and the BPE; they
+/// differ in how text is cleaned up and split before BPE (see the [module documentation](self)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TextCleanup {
+    /// transformers 5's `CLIPTokenizer` (backed by the `tokenizers` library), which diffusers' pipelines use with
+    /// transformers 5: NFC and per-character lower-casing, nothing removed; `<|endoftext|>` is recognised only as
+    /// written, `<|startoftext|>` in any case. This is the default.
+    #[default]
+    Transformers5,
+    /// transformers 4's Python `CLIPTokenizer` without `ftfy` (its `BasicTokenizer` clean-up), which
+    /// AUTOMATIC1111's web UI and other transformers 4 code use: control and format characters removed, CJK
+    /// ideographs split into words, word-level lower-casing, both special tokens recognised as written.
+    Transformers4Slow,
+}
+
 /// A CLIP BPE tokenizer.
 ///
 /// Cloning is cheap: clones share the vocabulary, the merge table and the per-word cache. The type is `Send + Sync`;
@@ -55,7 +77,11 @@ static CLIP_MERGES_GZ: &[u8] = include_bytes!("../../data/bpe_simple_vocab_16e6.
 pub struct Tokenizer {
     inner: Arc<Inner>,
     pad_id: u32,
+    cleanup: TextCleanup,
 }
+
+/// BPE ids per pre-tokenized word.
+type WordCache = HashMap<String, Vec<u32>>;
 
 /// The shared, immutable part of a tokenizer plus its cache.
 struct Inner {
@@ -66,8 +92,8 @@ struct Inner {
     bos_id: u32,
     eos_id: u32,
     unk_id: u32,
-    /// BPE ids per pre-tokenized piece.
-    cache: Mutex<HashMap<String, Vec<u32>>>,
+    /// BPE ids per pre-tokenized word; the BPE does not depend on the clean-up, so both share it.
+    cache: Mutex<WordCache>,
 }
 
 impl fmt::Debug for Tokenizer {
@@ -77,6 +103,7 @@ impl fmt::Debug for Tokenizer {
             .field("bos_id", &self.bos_id())
             .field("eos_id", &self.eos_id())
             .field("pad_id", &self.pad_id)
+            .field("cleanup", &self.cleanup)
             .finish_non_exhaustive()
     }
 }
@@ -191,6 +218,7 @@ impl Tokenizer {
                 cache: Mutex::new(HashMap::new()),
             }),
             pad_id: eos_id,
+            cleanup: TextCleanup::default(),
         })
     }
 
@@ -201,18 +229,71 @@ impl Tokenizer {
         self
     }
 
+    /// Returns this tokenizer with the text handling of `cleanup`; other clones keep theirs.
+    /// [`TextCleanup::Transformers4Slow`] reproduces AUTOMATIC1111 and transformers 4 code.
+    pub fn with_cleanup(mut self, cleanup: TextCleanup) -> Tokenizer {
+        self.cleanup = cleanup;
+        self
+    }
+
+    /// The text handling [`Tokenizer::encode`] uses ([`TextCleanup::Transformers5`] unless set otherwise).
+    pub fn cleanup(&self) -> TextCleanup {
+        self.cleanup
+    }
+
     /// The ids of `text` without BOS/EOS and without truncation, as
-    /// `tokenizer(text, add_special_tokens=False).input_ids` in the reference.
+    /// `tokenizer(text, add_special_tokens=False).input_ids` in the reference selected by [`Tokenizer::cleanup`].
     ///
     /// This is also the way to tokenize one piece of a prompt (A1111 tokenizes each emphasis run separately).
     pub fn encode(&self, text: &str) -> Vec<u32> {
-        let inner = &*self.inner;
         let mut out = Vec::new();
         // The cache is always left consistent, so a panic elsewhere that poisoned the lock does not matter.
-        let mut cache = inner
+        let mut cache = self
+            .inner
             .cache
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match self.cleanup {
+            TextCleanup::Transformers5 => self.encode_v5(text, &mut cache, &mut out),
+            TextCleanup::Transformers4Slow => self.encode_v4(text, &mut cache, &mut out),
+        }
+        out
+    }
+
+    /// [`Tokenizer::encode`] as transformers 5's `tokenizers` pipeline does it.
+    fn encode_v5(&self, text: &str, cache: &mut WordCache, out: &mut Vec<u32>) {
+        let inner = &*self.inner;
+        for segment in normalize::split_on(text, &[END_OF_TEXT]) {
+            let text = match segment {
+                Segment::Special(special) => {
+                    out.push(self.special_id(special));
+                    continue;
+                }
+                Segment::Text(text) => text,
+            };
+            let normalized = normalize::normalize_v5(text);
+            for segment in normalize::split_on(&normalized, &[START_OF_TEXT]) {
+                let text = match segment {
+                    Segment::Special(special) => {
+                        out.push(self.special_id(special));
+                        continue;
+                    }
+                    Segment::Text(text) => text,
+                };
+                for piece in normalize::pieces_v5(inner.patterns, text) {
+                    for word in normalize::byte_level_words(piece) {
+                        if !word.is_empty() {
+                            self.encode_word(word, cache, out);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Tokenizer::encode`] as transformers 4's Python tokenizer does it.
+    fn encode_v4(&self, text: &str, cache: &mut WordCache, out: &mut Vec<u32>) {
+        let inner = &*self.inner;
         for segment in normalize::split_specials(text) {
             let text = match segment {
                 Segment::Special(special) => {
@@ -225,21 +306,27 @@ impl Tokenizer {
                 for piece in normalize::pieces(inner.patterns, &word) {
                     if piece == START_OF_TEXT || piece == END_OF_TEXT {
                         out.push(self.special_id(piece));
-                    } else if let Some(ids) = cache.get(piece) {
-                        out.extend_from_slice(ids);
                     } else {
-                        let mut ids = Vec::new();
-                        inner.bpe.encode_word(piece.as_bytes(), &mut ids);
-                        out.extend_from_slice(&ids);
-                        if cache.len() >= MAX_CACHED_WORDS {
-                            cache.clear();
-                        }
-                        cache.insert(piece.to_owned(), ids);
+                        self.encode_word(piece, cache, out);
                     }
                 }
             }
         }
-        out
+    }
+
+    /// Appends the BPE ids of one pre-tokenized word, through the cache.
+    fn encode_word(&self, word: &str, cache: &mut WordCache, out: &mut Vec<u32>) {
+        if let Some(ids) = cache.get(word) {
+            out.extend_from_slice(ids);
+        } else {
+            let mut ids = Vec::new();
+            self.inner.bpe.encode_word(word.as_bytes(), &mut ids);
+            out.extend_from_slice(&ids);
+            if cache.len() >= MAX_CACHED_WORDS {
+                cache.clear();
+            }
+            cache.insert(word.to_owned(), ids);
+        }
     }
 
     /// The `max_len` ids the text encoder takes for `text`: BOS, the ids of [`Tokenizer::encode`] truncated to
@@ -465,6 +552,24 @@ mod tests {
             tok.decode(&tok.encode("A Photo of a CAT, café!")),
             "a photo of a cat , café !"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn shareable_between_threads() -> Result<()> {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Tokenizer>();
+        let tok = Tokenizer::clip()?;
+        let old = tok.clone().with_cleanup(TextCleanup::Transformers4Slow);
+        std::thread::scope(|s| {
+            let a = s.spawn(|| tok.encode("猫 <|ENDOFTEXT|>"));
+            let b = s.spawn(|| old.encode("猫 <|ENDOFTEXT|>"));
+            assert_eq!(
+                a.join().ok(),
+                Some(vec![163, 234, 360, 27, 347, 40786, 4160, 91, 285])
+            );
+            assert_eq!(b.join().ok(), Some(vec![163, 234, 360, 49407]));
+        });
         Ok(())
     }
 
