@@ -142,6 +142,7 @@ impl Pipeline {
             }
             None => SchedulerConfig::sd_v1_5(),
         };
+        check_compatible(path, &clip_config, &unet_config, &vae_config)?;
         let tokenizer = match &files.tokenizer_dir {
             Some(dir) => Tokenizer::from_dir(dir)?,
             None => Tokenizer::clip()?,
@@ -368,6 +369,34 @@ impl Pipeline {
         }
         .to_infotext()
     }
+}
+
+/// Checks that the three models of a checkpoint fit together, so that a mismatched component is
+/// reported at load time, naming both sizes, rather than failing inside the first generation.
+fn check_compatible(
+    path: &Path,
+    clip: &ClipConfig,
+    unet: &UNetConfig,
+    vae: &VaeConfig,
+) -> Result<()> {
+    let bad = |reason: String| Error::InvalidConfig {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if clip.hidden_size != unet.cross_attention_dim {
+        return Err(bad(format!(
+            "the text encoder is {} wide but the UNet's cross-attention expects {}",
+            clip.hidden_size, unet.cross_attention_dim
+        )));
+    }
+    if unet.in_channels != vae.latent_channels || unet.out_channels != vae.latent_channels {
+        return Err(bad(format!(
+            "the UNet maps {} to {} latent channels but the autoencoder has {} (inpainting and \
+             other extended-input models are not supported yet)",
+            unet.in_channels, unet.out_channels, vae.latent_channels
+        )));
+    }
+    Ok(())
 }
 
 mod infer;

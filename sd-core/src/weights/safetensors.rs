@@ -335,7 +335,9 @@ impl SafetensorsFile {
                         ),
                     )
                 })?;
-                f(bytes)
+                let result = f(bytes);
+                release_pages(map, start as usize, (end - start) as usize);
+                result
             }
             Backing::File(file) => {
                 let len = usize::try_from(e.end - e.begin).map_err(|_| {
@@ -982,6 +984,24 @@ pub fn write_safetensors(
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+/// Tells the kernel that the mapped pages of a tensor just read are no longer needed, so that
+/// loading a model does not hold the whole file resident beside its converted copy (peak memory
+/// would otherwise be the file plus the weights). Advisory: errors are ignored.
+fn release_pages(map: &memmap2::Mmap, offset: usize, len: usize) {
+    #[cfg(unix)]
+    {
+        // SAFETY: the map is a read-only, private mapping of a file that this process never
+        // writes through. MADV_DONTNEED on such a mapping only drops resident pages; a later
+        // access faults them in again from the file, with the same contents. No reference into
+        // the dropped range outlives this call that could observe a difference (the caller has
+        // finished with `bytes`), and memmap2 clamps the range to the mapping.
+        let _ =
+            unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len) };
+    }
+    #[cfg(not(unix))]
+    let _ = (map, offset, len);
 }
 
 #[cfg(test)]
