@@ -21,7 +21,8 @@ use sd_core::{Device, Tensor};
 const USAGE: &str = "\
 usage: txt2img [--model PATH] --prompt TEXT [options]
 
-  --model PATH            checkpoint: a .safetensors file (original layout) or a diffusers folder
+  --model PATH            checkpoint: a .safetensors or .ckpt/.pt/.bin file (original layout; pickle
+                          checkpoints are read without running their code) or a diffusers folder
                           (default: the tiny random-weight test model, for checking an install)
   --prompt TEXT           what to draw
   --negative-prompt TEXT  what to steer away from (default: empty)

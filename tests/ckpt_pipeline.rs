@@ -9,7 +9,9 @@ mod common;
 use common::fixture;
 use sd_core::Result;
 use sd_core::pipeline::{GenerateRequest, LoadOptions, Pipeline};
-use sd_core::weights::{self, Layout, ModelFiles, ReadMode, TensorSource};
+use sd_core::weights::ckpt::{Access, CkptFile};
+use sd_core::weights::pickle::Limits;
+use sd_core::weights::{self, Layout, ModelFiles, ReadMode, SafetensorsFile};
 
 fn weight_opts(read_mode: ReadMode) -> weights::LoadOptions {
     weights::LoadOptions {
@@ -21,21 +23,37 @@ fn weight_opts(read_mode: ReadMode) -> weights::LoadOptions {
 #[test]
 fn ckpt_and_safetensors_expose_the_same_stored_tensors() -> Result<()> {
     let st = weights::open_tensor_source(&fixture("tiny-sd.safetensors"), ReadMode::Mmap)?;
-    for mode in [ReadMode::Mmap, ReadMode::Buffered] {
+    let st_raw = SafetensorsFile::open(fixture("tiny-sd.safetensors"))?;
+    for (mode, access) in [
+        (ReadMode::Mmap, Access::Mmap),
+        (ReadMode::Buffered, Access::Read),
+    ] {
         let ck = weights::open_tensor_source(&fixture("tiny-sd.ckpt"), mode)?;
+        let ck_raw = CkptFile::open_with(fixture("tiny-sd.ckpt"), &Limits::default(), access)?;
         let mut a = st.tensor_names();
         let mut b = ck.tensor_names();
         a.sort();
         b.sort();
+        assert_eq!(a.len(), 807);
         assert_eq!(a, b, "tensor names differ");
         for name in &a {
             let (ia, ib) = (st.tensor_info(name), ck.tensor_info(name));
             assert_eq!(ia, ib, "`{name}`: dtype/shape differ");
-            let (va, vb) = (st.read_f32(name)?, ck.read_f32(name)?);
+            let id = ck_raw.tensor_id(name).expect("listed name has an id");
             assert!(
-                va.len() == vb.len() && va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()),
-                "`{name}`: values differ"
+                st_raw.read_bytes(name)? == ck_raw.read_bytes(id)?,
+                "`{name}`: stored bytes differ"
             );
+            if ia.is_some_and(|i| i.dtype.is_float()) {
+                let (va, vb) = (st.read_f32(name)?, ck.read_f32(name)?);
+                assert!(
+                    va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "`{name}`: values differ"
+                );
+            } else {
+                // Integer tensors (position_ids) are refused as weights by both, alike.
+                assert!(st.read_f32(name).is_err() && ck.read_f32(name).is_err());
+            }
         }
         let meta = ck.metadata();
         assert_eq!(meta.get("global_step").map(String::as_str), Some("470000"));
