@@ -119,3 +119,53 @@ fn ckpt_and_safetensors_generate_bitwise_identical_latents() -> Result<()> {
     );
     Ok(())
 }
+
+/// `target/<profile>/examples/txt2img`, which `cargo test` builds beside the test binaries.
+fn txt2img() -> std::process::Command {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir
+        .join("examples")
+        .join(format!("txt2img{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} not built (cargo test builds examples)",
+        bin.display()
+    );
+    std::process::Command::new(bin)
+}
+
+#[test]
+fn txt2img_accepts_a_ckpt_model_and_matches_safetensors() {
+    let dir = std::env::temp_dir().join(format!("sdrs-ckpt-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = fixture("tiny-sd");
+    let mut saved = Vec::new();
+    for file in ["tiny-sd.ckpt", "tiny-sd.safetensors"] {
+        let latents = dir.join(format!("{file}.latents.safetensors"));
+        let out = txt2img()
+            .arg("--model")
+            .arg(fixture(file))
+            .arg("--config-dir")
+            .arg(&config)
+            .args(["--prompt", "a red fox", "--steps", "2", "--seed", "7"])
+            .args(["--width", "64", "--height", "64", "--scheduler", "euler"])
+            .arg("--save-latents")
+            .arg(&latents)
+            .arg("--output")
+            .arg(dir.join(format!("{file}.png")))
+            .output()
+            .expect("run txt2img");
+        assert!(
+            out.status.success(),
+            "txt2img --model {file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        saved.push(std::fs::read(&latents).expect("saved latents"));
+    }
+    assert!(
+        saved[0] == saved[1],
+        "latents from .ckpt and .safetensors differ"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
