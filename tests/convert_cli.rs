@@ -198,7 +198,7 @@ fn zip(records: &[(&str, &[u8])]) -> Vec<u8> {
     for (name, data) in records {
         let off = out.len() as u32;
         let (crc, len) = (crc32(data), data.len() as u32);
-        let mut header = |sig: u32, central: bool| {
+        let header = |sig: u32, central: bool| {
             let mut h = sig.to_le_bytes().to_vec();
             if central {
                 h.extend_from_slice(&20u16.to_le_bytes());
