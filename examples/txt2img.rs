@@ -21,8 +21,11 @@ use sd_core::{Device, Tensor};
 const USAGE: &str = "\
 usage: txt2img [--model PATH] --prompt TEXT [options]
 
-  --model PATH            checkpoint: a .safetensors file (original layout) or a diffusers folder
+  --model PATH            checkpoint: a .safetensors or .ckpt/.pt/.bin file (original layout; pickle
+                          checkpoints are read without running their code) or a diffusers folder
                           (default: the tiny random-weight test model, for checking an install)
+  --config-dir DIR        diffusers-layout folder whose */config.json describe a single-file
+                          checkpoint of non-standard size (default: infer from tensor shapes)
   --prompt TEXT           what to draw
   --negative-prompt TEXT  what to steer away from (default: empty)
   --steps N               denoising steps (default: 50)
@@ -44,6 +47,7 @@ usage: txt2img [--model PATH] --prompt TEXT [options]
 /// Parsed command-line options.
 struct Args {
     model: Option<PathBuf>,
+    config_dir: Option<PathBuf>,
     prompt: Option<String>,
     negative_prompt: String,
     steps: usize,
@@ -64,6 +68,7 @@ struct Args {
 fn parse_args(argv: &[String]) -> Result<Option<Args>, String> {
     let mut args = Args {
         model: None,
+        config_dir: None,
         prompt: None,
         negative_prompt: String::new(),
         steps: 50,
@@ -92,6 +97,7 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>, String> {
         }
         match flag.as_str() {
             "--model" => args.model = Some(PathBuf::from(value()?)),
+            "--config-dir" => args.config_dir = Some(PathBuf::from(value()?)),
             "--prompt" => args.prompt = Some(value()?.clone()),
             "--negative-prompt" => args.negative_prompt = value()?.clone(),
             "--steps" => args.steps = number(flag, value()?)?,
@@ -196,6 +202,7 @@ fn run(args: Args) -> Result<(), String> {
         &model,
         &LoadOptions {
             device: args.device,
+            config_dir: args.config_dir.clone(),
             ..LoadOptions::default()
         },
     )

@@ -642,12 +642,40 @@ fn p12_views_outside_their_storage() {
             &tensor(&storage("FloatStorage", "0", 11), offset, &size, &stride),
         );
         let e = both("P12", &p);
+        // Named by the key it is stored under, located at the REDUCE that built the view
+        // (PROTO, EMPTY_DICT, MARK, the key string "w" = 2 + 1 + 1 + 6 bytes, then the
+        // GLOBAL line, the MARK and the storage's persistent id before it).
         assert_eq!(
             e.kind,
-            K::TensorOutOfBounds { name: None },
+            K::TensorOutOfBounds {
+                name: Some("w".into())
+            },
             "{size:?} {stride:?}"
         );
+        assert!(e.to_string().contains("tensor `w` reaches outside"), "{e}");
+        let Some(Location::PickleOp { offset, .. }) = e.at else {
+            panic!("no pickle offset: {e}");
+        };
+        let reduce = p.len() - 3; // `R`, then `u` and `.`
+        assert_eq!(offset as usize, reduce, "{e}");
     }
+    // A view never stored under a key (here: the root itself) is refused at STOP, unnamed,
+    // located at the opcode that built it.
+    let st = storage("FloatStorage", "0", 11);
+    let p = cat(&[PROTO2, &tensor(&st, 0, &[12], &[1]), b"."]);
+    let e = both("P12 root", &p);
+    assert_eq!(e.kind, K::TensorOutOfBounds { name: None });
+    assert_eq!(
+        e.at,
+        Some(Location::PickleOp {
+            pickle: "data.pkl",
+            offset: (p.len() - 2) as u64
+        })
+    );
+    // Inside a list, too: the document never escapes with a bad view in it.
+    let p = cat(&[PROTO2, b"](", &tensor(&st, 5, &[7], &[1]), b"e."]);
+    let e = both("P12 list", &p);
+    assert_eq!(e.kind, K::TensorOutOfBounds { name: None });
 }
 
 #[test]

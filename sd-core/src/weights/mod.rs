@@ -16,6 +16,7 @@ pub mod store;
 pub use layout::{Layout, LoadOptions, ModelFiles, open_tensor_source};
 pub use names::{KeyMapping, ModelFamily};
 pub use safetensors::{
-    ReadMode, SafetensorsFile, SafetensorsLimits, WriteDType, write_safetensors,
+    RawTensor, ReadMode, SafetensorsFile, SafetensorsLimits, WriteDType, write_safetensors,
+    write_safetensors_raw,
 };
 pub use store::{MemorySource, StoredDType, TensorInfo, TensorSource, WeightStore, Weights};

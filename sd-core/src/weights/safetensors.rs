@@ -1004,6 +1004,111 @@ fn release_pages(map: &memmap2::Mmap, offset: usize, len: usize) {
     let _ = (map, offset, len);
 }
 
+/// The safetensors dtype that holds a stored dtype exactly (every [`StoredDType`] has one).
+fn safetensors_dtype(d: StoredDType) -> safetensors::Dtype {
+    match d {
+        StoredDType::F32 => safetensors::Dtype::F32,
+        StoredDType::F16 => safetensors::Dtype::F16,
+        StoredDType::BF16 => safetensors::Dtype::BF16,
+        StoredDType::F64 => safetensors::Dtype::F64,
+        StoredDType::I64 => safetensors::Dtype::I64,
+        StoredDType::I32 => safetensors::Dtype::I32,
+        StoredDType::I16 => safetensors::Dtype::I16,
+        StoredDType::I8 => safetensors::Dtype::I8,
+        StoredDType::U8 => safetensors::Dtype::U8,
+        StoredDType::Bool => safetensors::Dtype::BOOL,
+        StoredDType::F8E4M3 => safetensors::Dtype::F8_E4M3,
+        StoredDType::F8E5M2 => safetensors::Dtype::F8_E5M2,
+    }
+}
+
+/// One tensor for [`write_safetensors_raw`]: its elements already encoded in `dtype`,
+/// little-endian, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawTensor {
+    /// The tensor name.
+    pub name: String,
+    /// The element type of `data`.
+    pub dtype: StoredDType,
+    /// The shape.
+    pub shape: Vec<usize>,
+    /// `numel × dtype size` bytes.
+    pub data: Vec<u8>,
+}
+
+/// Writes tensors whose bytes are already encoded (any [`StoredDType`], integers and bools
+/// included) to a `.safetensors` file, with optional string metadata. Nothing is converted: a
+/// file read back gives the same bytes.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] if a name repeats or a tensor's byte count does not match its
+/// shape and dtype, [`Error::Io`] if the file cannot be written.
+pub fn write_safetensors_raw(
+    path: impl AsRef<Path>,
+    tensors: &[RawTensor],
+    metadata: Option<&HashMap<String, String>>,
+) -> Result<()> {
+    let path = path.as_ref();
+    let mut seen = HashSet::new();
+    let mut views = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        if !seen.insert(t.name.as_str()) {
+            return Err(Error::invalid_argument(
+                "tensors",
+                format!("tensor name `{}` appears twice", escape_untrusted(&t.name)),
+            ));
+        }
+        let bytes = t
+            .shape
+            .iter()
+            .try_fold(t.dtype.size_in_bytes(), |a, &d| a.checked_mul(d));
+        if bytes != Some(t.data.len()) {
+            return Err(Error::invalid_argument(
+                "tensors",
+                format!(
+                    "tensor `{}`: shape {:?} of {} does not take {} bytes",
+                    escape_untrusted(&t.name),
+                    t.shape,
+                    t.dtype,
+                    t.data.len()
+                ),
+            ));
+        }
+        views.push((t.name.as_str(), RawView(t)));
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = PathBuf::from(tmp);
+    safetensors::serialize_to_file(views, metadata.cloned(), &tmp).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        match e {
+            safetensors::SafeTensorError::IoError(io) => Error::io(&tmp, io),
+            e => Error::invalid_argument("tensors", format!("cannot serialize: {e}")),
+        }
+    })?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+struct RawView<'a>(&'a RawTensor);
+
+impl safetensors::View for RawView<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        safetensors_dtype(self.0.dtype)
+    }
+    fn shape(&self) -> &[usize] {
+        &self.0.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.0.data)
+    }
+    fn data_len(&self) -> usize {
+        self.0.data.len()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::indexing_slicing, clippy::unwrap_used)]
 mod tests {

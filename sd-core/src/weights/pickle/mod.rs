@@ -33,8 +33,8 @@ pub use extract::{
     extract_embedding, extract_hypernetwork, extract_state_dict,
 };
 pub use value::{
-    Document, Global, ObjId, ObjectKind, StorageDecl, StorageId, StorageKind, TensorDecl, TensorId,
-    Value,
+    Document, Global, GlobalRef, ObjId, ObjectKind, StorageDecl, StorageId, StorageKind,
+    TensorDecl, TensorId, Value,
 };
 pub(crate) use vm::run as vm_run;
 pub use vm::{PersistentIds, unpickle};

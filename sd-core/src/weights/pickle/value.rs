@@ -284,6 +284,21 @@ pub struct Document {
     pub storages: Vec<StorageDecl>,
     /// Tensors in construction order.
     pub tensors: Vec<TensorDecl>,
+    /// Every global the pickle names (`GLOBAL` opcodes), in file order, as written in the
+    /// file (before torch's module renames). All of them were accepted, since a refused global
+    /// fails the whole run.
+    pub globals: Vec<GlobalRef>,
+}
+
+/// One `GLOBAL` opcode: the module and name a pickle asks for, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GlobalRef {
+    /// The module line, as written.
+    pub module: String,
+    /// The name line, as written.
+    pub name: String,
+    /// Byte offset of the opcode in its pickle.
+    pub offset: u64,
 }
 
 impl Document {

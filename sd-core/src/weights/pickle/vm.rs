@@ -13,8 +13,8 @@ use half::f16;
 use super::Limits;
 use super::error::{LoadError, LoadErrorKind as K, Location};
 use super::value::{
-    DictObj, Document, Global, Key, Obj, ObjId, ObjectKind, StorageDecl, StorageId, StorageKind,
-    TensorDecl, TensorId, Value,
+    DictObj, Document, Global, GlobalRef, Key, Obj, ObjId, ObjectKind, StorageDecl, StorageId,
+    StorageKind, TensorDecl, TensorId, Value,
 };
 use crate::weights::store::StoredDType;
 
@@ -85,6 +85,8 @@ pub(crate) fn run(
         materialized: 0,
         max_materialized,
         op_offset: 0,
+        bad_views: HashMap::new(),
+        globals: Vec::new(),
     };
     match vm.execute() {
         Ok(root) => Ok((
@@ -93,6 +95,7 @@ pub(crate) fn run(
                 root,
                 storages: vm.storages,
                 tensors: vm.tensors,
+                globals: vm.globals,
             },
             vm.pos,
         )),
@@ -123,6 +126,12 @@ struct Vm<'a> {
     materialized: u64,
     max_materialized: u64,
     op_offset: usize,
+    /// Tensors whose view reaches outside their storage, with the offset of the opcode that
+    /// built them. The error is raised when such a tensor is stored under a key (so the message
+    /// can name it) or, at the latest, at `STOP`: a document holding one is never returned.
+    bad_views: HashMap<TensorId, usize>,
+    /// Every `GLOBAL` read, accepted or not, in file order.
+    globals: Vec<GlobalRef>,
 }
 
 /// Most nodes in one hashable key (a tuple of tuples of …): keeps a memo-shared tuple used as a
@@ -394,6 +403,14 @@ impl<'a> Vm<'a> {
                 found: target.type_name(),
             });
         };
+        if let Value::Tensor(t) = v
+            && let Some(&at) = self.bad_views.get(&t)
+        {
+            let name = matches!(k, Value::Str(_) | Value::Int(_)).then(|| self.describe_key(k));
+            // Report at the opcode that built the view, naming the key it was stored under.
+            self.op_offset = at;
+            return Err(K::TensorOutOfBounds { name });
+        }
         let key = self.key_of(k)?;
         self.count_items(1)?;
         self.grow_depth(id, k)?;
@@ -469,6 +486,10 @@ impl<'a> Vm<'a> {
                     }
                     if self.stack.len() != 1 {
                         return Err(K::Malformed("STOP needs exactly one value on the stack"));
+                    }
+                    if let Some(&at) = self.bad_views.values().min() {
+                        self.op_offset = at;
+                        return Err(K::TensorOutOfBounds { name: None });
                     }
                     return self.stack.pop().ok_or(K::StackUnderflow);
                 }
@@ -606,6 +627,11 @@ impl<'a> Vm<'a> {
                 b'c' => {
                     let module = self.global_line()?;
                     let name = self.global_line()?;
+                    self.globals.push(GlobalRef {
+                        module: module.to_string(),
+                        name: name.to_string(),
+                        offset: self.op_offset as u64,
+                    });
                     let g = resolve_global(module, name, self.limits)?;
                     self.push(Value::Global(g))?;
                 }
@@ -1015,27 +1041,35 @@ impl<'a> Vm<'a> {
         if shape.len() != strides.len() {
             return Err(bad("size and stride differ in length"));
         }
-        let oob = K::TensorOutOfBounds { name: None };
         let numel = shape
             .iter()
             .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
             .ok_or(K::IntegerTooLarge)?;
-        if numel == 0 {
-            if offset > storage_numel {
-                return Err(oob);
-            }
+        let in_bounds = if numel == 0 {
+            offset <= storage_numel
         } else {
-            let mut last = offset;
+            let mut last = Some(offset);
             for (&d, &s) in shape.iter().zip(&strides) {
-                let span = (d as u64)
+                last = (d as u64)
                     .checked_sub(1)
                     .and_then(|x| x.checked_mul(s as u64))
-                    .ok_or(oob.clone())?;
-                last = last.checked_add(span).ok_or(oob.clone())?;
+                    .and_then(|span| last?.checked_add(span));
             }
-            if last >= storage_numel {
-                return Err(oob);
-            }
+            last.is_some_and(|l| l < storage_numel)
+        };
+        if !in_bounds {
+            // Kept as a marked tensor so that the error can name the key it is stored under;
+            // it can never be read (see `bad_views`).
+            let id = self.push_tensor(TensorDecl {
+                storage: sid,
+                dtype,
+                offset: 0,
+                shape,
+                strides,
+                is_param: false,
+            })?;
+            self.bad_views.insert(id, self.op_offset);
+            return Ok(Value::Tensor(id));
         }
         let td = TensorDecl {
             storage: sid,
@@ -1060,6 +1094,10 @@ impl<'a> Vm<'a> {
                 });
             }
         }
+        self.push_tensor(td).map(Value::Tensor)
+    }
+
+    fn push_tensor(&mut self, td: TensorDecl) -> R<TensorId> {
         if self.tensors.len() >= self.limits.max_tensors {
             return Err(K::LimitExceeded {
                 limit: "max_tensors",
@@ -1068,7 +1106,7 @@ impl<'a> Vm<'a> {
         }
         let id = TensorId(u32::try_from(self.tensors.len()).map_err(|_| K::IntegerTooLarge)?);
         self.tensors.push(td);
-        Ok(Value::Tensor(id))
+        Ok(id)
     }
 
     fn build(&mut self, target: Value, state: Value) -> R<()> {

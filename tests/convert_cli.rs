@@ -1,0 +1,355 @@
+//! The `convert` example as scripts use it: genuine torch checkpoints round-trip to safetensors
+//! with bitwise identical tensors (compared with the twins torch itself wrote), `--scan`
+//! reports without running anything, hostile files are refused with exit 1 and a reason that
+//! names the global or tensor and where, and usage errors give exit 2.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::fixture;
+use safetensors::{Dtype, SafeTensors};
+
+/// `target/<profile>/examples/convert`, which `cargo test` builds beside the test binaries.
+fn convert() -> Command {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin: PathBuf = dir
+        .join("examples")
+        .join(format!("convert{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} not built (cargo test builds examples)",
+        bin.display()
+    );
+    Command::new(bin)
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sdrs-convert-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn run(args: &[&str]) -> Output {
+    convert().args(args).output().expect("run convert")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// `(dtype, shape, bytes)` per tensor name, and the metadata, of a safetensors file.
+type Tensors = HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
+
+fn read_st(path: &Path) -> (Tensors, HashMap<String, String>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let (_, meta) = SafeTensors::read_metadata(&bytes).expect("header");
+    let meta = meta.metadata().clone().unwrap_or_default();
+    let st = SafeTensors::deserialize(&bytes).expect("safetensors");
+    let tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+        .collect();
+    (tensors, meta)
+}
+
+#[test]
+fn genuine_checkpoints_round_trip_bitwise() {
+    let dir = tempdir("roundtrip");
+    for (input, twin, step) in [
+        ("sd_zip.ckpt", "sd_zip", Some("470000")),
+        ("sd_legacy.ckpt", "sd_legacy", Some("12")),
+        ("bare_nested.bin", "bare_nested", None),
+        ("pl_train.ckpt", "pl_train", Some("1000")),
+        // A safetensors input is rewritten as is.
+        ("sd_zip.safetensors", "sd_zip", None),
+    ] {
+        let out = dir.join(format!("{input}.safetensors"));
+        let o = run(&[p(&fixture(&format!("ckpt/{input}"))), p(&out)]);
+        assert!(
+            o.status.code() == Some(0),
+            "{input}: {:?} {}",
+            o.status,
+            text(&o.stderr)
+        );
+        let (got, meta) = read_st(&out);
+        let (want, _) = read_st(&fixture(&format!("ckpt/{twin}.safetensors")));
+        let mut names: Vec<_> = got.keys().collect();
+        names.sort();
+        let mut want_names: Vec<_> = want.keys().collect();
+        want_names.sort();
+        assert_eq!(names, want_names, "{input}: names");
+        for (name, w) in &want {
+            assert!(got[name] == *w, "{input}: `{name}` differs from torch's");
+        }
+        assert_eq!(meta.get("global_step").map(String::as_str), step, "{input}");
+    }
+    // The integer tensor keeps its dtype.
+    let (got, _) = read_st(&dir.join("sd_zip.ckpt.safetensors"));
+    assert_eq!(got["cond_stage_model.position_ids"].0, Dtype::I64);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn dtype_converts_floats_and_keeps_integers() {
+    let dir = tempdir("dtype");
+    let out = dir.join("f16.safetensors");
+    let o = run(&[p(&fixture("ckpt/sd_zip.ckpt")), p(&out), "--dtype", "f16"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let (got, _) = read_st(&out);
+    let (want, _) = read_st(&fixture("ckpt/sd_zip.safetensors"));
+    let mut floats = 0;
+    for (name, (dt, shape, bytes)) in &want {
+        let g = &got[name];
+        assert_eq!(&g.1, shape, "{name}");
+        let widen: Option<Vec<f32>> = match dt {
+            Dtype::F32 => Some(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+            Dtype::F16 => Some(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            ),
+            _ => None,
+        };
+        match widen {
+            Some(v) => {
+                floats += 1;
+                assert_eq!(g.0, Dtype::F16, "{name}");
+                let expect: Vec<u8> = v
+                    .iter()
+                    .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                    .collect();
+                assert!(g.2 == expect, "{name}: f16 rounding differs");
+            }
+            None if *dt == Dtype::I64 => assert!(g.0 == Dtype::I64 && g.2 == *bytes, "{name}"),
+            None => assert_eq!(g.0, Dtype::F16, "{name}"),
+        }
+    }
+    assert!(floats > 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn scan_reports_format_tensors_globals_and_verdict() {
+    let o = run(&["--scan", p(&fixture("ckpt/sd_zip.ckpt"))]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", text(&o.stderr));
+    let (want, _) = read_st(&fixture("ckpt/sd_zip.safetensors"));
+    for needle in [
+        "format: torch zip",
+        &format!("tensors: {}", want.len()),
+        "cond_stage_model.position_ids I64",
+        "global_step = 470000",
+        "torch._utils._rebuild_tensor_v2",
+        "collections.OrderedDict",
+        "verdict: LOADABLE",
+    ] {
+        assert!(out.contains(needle), "missing `{needle}` in:\n{out}");
+    }
+    let o = run(&["--scan", p(&fixture("ckpt/sd_legacy.ckpt"))]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(text(&o.stdout).contains("format: torch legacy"));
+    let o = run(&["--scan", p(&fixture("tiny-sd.ckpt"))]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0));
+    // 807 tensors: listed in part, summarised by dtype.
+    assert!(
+        out.contains("tensors: 807") && out.contains("more"),
+        "{out}"
+    );
+    assert!(out.contains("summary: 806 tensors of F16"), "{out}");
+}
+
+// === hostile files, assembled here ===
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = u32::MAX;
+    for &b in bytes {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// A STORED zip of `records`, laid out as `torch.save` lays them out.
+fn zip(records: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for (name, data) in records {
+        let off = out.len() as u32;
+        let (crc, len) = (crc32(data), data.len() as u32);
+        let header = |sig: u32, central: bool| {
+            let mut h = sig.to_le_bytes().to_vec();
+            if central {
+                h.extend_from_slice(&20u16.to_le_bytes());
+            }
+            h.extend_from_slice(&20u16.to_le_bytes());
+            h.extend_from_slice(&0x0800u16.to_le_bytes());
+            h.extend_from_slice(&[0; 6]); // method, time, date
+            h.extend_from_slice(&crc.to_le_bytes());
+            h.extend_from_slice(&len.to_le_bytes());
+            h.extend_from_slice(&len.to_le_bytes());
+            h.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            h.extend_from_slice(&0u16.to_le_bytes());
+            if central {
+                h.extend_from_slice(&[0; 10]); // comment length, disk, attributes
+                h.extend_from_slice(&off.to_le_bytes());
+            }
+            h.extend_from_slice(name.as_bytes());
+            h
+        };
+        out.extend(header(0x0403_4b50, false));
+        out.extend_from_slice(data);
+        central.extend(header(0x0201_4b50, true));
+    }
+    let start = out.len() as u32;
+    out.extend_from_slice(&central);
+    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    let n = records.len() as u16;
+    out.extend_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(&(central.len() as u32).to_le_bytes());
+    out.extend_from_slice(&start.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out
+}
+
+fn torch_zip(pkl: &[u8], storages: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut recs: Vec<(String, &[u8])> = vec![("archive/data.pkl".into(), pkl)];
+    for (k, d) in storages {
+        recs.push((format!("archive/data/{k}"), d));
+    }
+    recs.push(("archive/version".into(), b"3\n"));
+    recs.push(("archive/byteorder".into(), b"little"));
+    let refs: Vec<(&str, &[u8])> = recs.iter().map(|(n, d)| (n.as_str(), *d)).collect();
+    zip(&refs)
+}
+
+fn s(x: &str) -> Vec<u8> {
+    let mut v = vec![b'X'];
+    v.extend_from_slice(&(x.len() as u32).to_le_bytes());
+    v.extend_from_slice(x.as_bytes());
+    v
+}
+
+#[test]
+fn hostile_files_are_refused_without_running_anything() {
+    let dir = tempdir("hostile");
+    let canary = dir.join("canary");
+    let cmd = format!("touch {}", canary.display());
+    // {"state_dict": posix.system("touch <canary>")}: the GLOBAL is at pickle byte 2.
+    let pkl = [&[0x80, 2][..], b"cposix\nsystem\n(", &s(&cmd), b"tR."].concat();
+    let evil = dir.join("evil.ckpt");
+    std::fs::write(&evil, torch_zip(&pkl, &[])).expect("write");
+    let out = dir.join("evil.safetensors");
+    let o = run(&[p(&evil), p(&out)]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("posix.system") && err.contains("data.pkl at byte 2"),
+        "{err}"
+    );
+    assert!(!out.exists(), "an output was written for a refused file");
+    let o = run(&["--scan", p(&evil)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stdout).contains("verdict: REFUSED"));
+    assert!(text(&o.stderr).contains("posix.system"));
+    assert!(!canary.exists(), "the payload ran");
+
+    // A view reaching outside its storage is refused, naming the tensor.
+    let mut pkl = vec![0x80, 2, b'}', b'('];
+    pkl.extend(s("model.w"));
+    pkl.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n((");
+    pkl.extend(s("storage"));
+    pkl.extend_from_slice(b"ctorch\nFloatStorage\n");
+    pkl.extend(s("0"));
+    pkl.extend(s("cpu"));
+    pkl.extend_from_slice(&[b'K', 11, b't', b'Q', b'K', 0]);
+    pkl.extend_from_slice(&[b'K', 12, 0x85, b'K', 1, 0x85, 0x89]);
+    pkl.extend_from_slice(b"ccollections\nOrderedDict\n)RtRu.");
+    let data: Vec<u8> = (0..11u32).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let oob = dir.join("oob.ckpt");
+    std::fs::write(&oob, torch_zip(&pkl, &[("0", &data)])).expect("write");
+    let o = run(&[p(&oob), p(&out)]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("tensor `model.w` reaches outside its storage"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    // The same file with the view inside its storage converts (the assembly is right).
+    let fixed: Vec<u8> = {
+        let i = pkl
+            .windows(4)
+            .position(|w| w == [b'K', 12, 0x85, b'K'])
+            .expect("size tuple");
+        let mut v = pkl.clone();
+        v[i + 1] = 11;
+        v
+    };
+    std::fs::write(&oob, torch_zip(&fixed, &[("0", &data)])).expect("write");
+    let o = run(&[p(&oob), p(&out)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let (got, _) = read_st(&out);
+    assert_eq!(got["model.w"].2, data);
+
+    // Not a checkpoint at all.
+    let junk = dir.join("junk.ckpt");
+    std::fs::write(&junk, b"\x13\x37 definitely not a model").expect("write");
+    let o = run(&[p(&junk), p(&out)]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn usage_and_io_errors_exit_2() {
+    let dir = tempdir("usage");
+    let out = dir.join("o.safetensors");
+    let input = fixture("ckpt/sd_zip.ckpt");
+    let missing = dir.join("missing.ckpt");
+    for args in [
+        vec![],
+        vec![p(&input)],
+        vec![p(&input), p(&out), "extra"],
+        vec![p(&input), p(&out), "--dtype"],
+        vec![p(&input), p(&out), "--dtype", "f8"],
+        vec![p(&input), p(&out), "--frobnicate"],
+        vec!["--scan"],
+        vec!["--scan", p(&input), p(&out)],
+        vec!["--scan", p(&input), "--dtype", "f16"],
+        vec![p(&missing), p(&out)],
+        vec!["--scan", p(&missing)],
+        vec![p(&dir), p(&out)],
+        vec![p(&input), p(&dir.join("no-such-dir/o.safetensors"))],
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
+        assert!(!o.stderr.is_empty(), "{args:?}: no message");
+    }
+    let o = run(&["--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(text(&o.stdout).contains("usage: convert"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
