@@ -12,11 +12,22 @@
 
 pub(crate) mod backend;
 pub mod error;
-pub mod models;
 pub mod image;
+pub mod models;
 pub mod noise;
 pub mod tensor;
 pub mod weights;
 
 pub use error::{Error, ErrorKind, Result};
+
+/// The CUDA backend's public hooks (built with the `cuda` feature): availability, the kernel
+/// modules and their NVRTC compilation (usable without a GPU, for CI), and test switches.
+#[cfg(feature = "cuda")]
+pub mod cuda {
+    pub use crate::backend::cuda::compile::{
+        CompiledModule, KernelModule, compile_module, compile_options, nvrtc_available,
+        nvrtc_version,
+    };
+    pub use crate::backend::cuda::{cuda_available, set_poison_allocations};
+}
 pub use tensor::{DType, Device, Shape, Tensor};
