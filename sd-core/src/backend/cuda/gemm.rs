@@ -83,6 +83,18 @@ struct PlanKey {
     c_ld: i64,
     c_stride: i64,
     bias: bool,
+    /// Guaranteed byte alignment of every matrix of A, B and C (cuBLASLt otherwise assumes 256 and
+    /// may pick an algorithm that rejects, e.g., one head's columns at an 80-byte offset).
+    a_align: u32,
+    b_align: u32,
+    c_align: u32,
+}
+
+/// The largest power of two (at most 256) dividing the address of every matrix of a batch.
+fn alignment(op: &Operand, elt: usize) -> u32 {
+    let stride_bytes = (op.batch_stride.unsigned_abs()) * elt as u64;
+    let bits = op.ptr | stride_bytes | 256;
+    1u32 << bits.trailing_zeros().min(8)
 }
 
 struct Plan {
@@ -256,15 +268,29 @@ impl Blas {
         }
         let pref = lt::create_matmul_pref().map_err(err)?;
         let ws = self.workspace.len() as u64;
-        // SAFETY: `pref` is live; MAX_WORKSPACE_BYTES is a uint64.
+        use lt_sys::cublasLtMatmulPreferenceAttributes_t as P;
+        // cuBLASLt's A is our B, its B our A; C and D are both our C.
+        let aligns = [
+            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.b_align),
+            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.a_align),
+            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.c_align),
+            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.c_align),
+        ];
+        // SAFETY: `pref` is live; MAX_WORKSPACE_BYTES is a uint64 and the MIN_ALIGNMENT_*
+        // attributes are uint32, each passed as a pointer to a local of that type.
         let heuristic = unsafe {
-            lt::set_matmul_pref_attribute(
+            let mut res = lt::set_matmul_pref_attribute(
                 pref,
-                lt_sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                 (&ws as *const u64).cast(),
                 8,
-            )
-            .and_then(|()| {
+            );
+            for (attr, align) in aligns {
+                res = res.and_then(|()| {
+                    lt::set_matmul_pref_attribute(pref, attr, (&align as *const u32).cast(), 4)
+                });
+            }
+            res.and_then(|()| {
                 lt::get_matmul_algo_heuristic(
                     self.handle,
                     plan.desc,
@@ -308,6 +334,9 @@ impl Blas {
             c_ld: c.ld,
             c_stride: c.batch_stride,
             bias: bias.is_some(),
+            a_align: alignment(&a, spec.in_dtype.size_in_bytes()),
+            b_align: alignment(&b, spec.in_dtype.size_in_bytes()),
+            c_align: alignment(&c, spec.out_dtype.size_in_bytes()),
         };
         let handle = self.handle;
         let stream = self.stream.cu_stream();
