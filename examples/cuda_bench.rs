@@ -79,11 +79,12 @@ fn main() -> Result<()> {
                 let both = Tensor::cat(&[&latent, &latent], 0)?;
                 let eps = unet.forward(&both, t, &ctx)?;
                 let parts = eps.chunk(2, 0)?;
-                let guided =
-                    Tensor::linear_combination(&[(-6.5, &parts[0]), (7.5, &parts[1])])?;
+                let guided = Tensor::linear_combination(&[(-6.5, &parts[0]), (7.5, &parts[1])])?;
                 latent = Tensor::linear_combination(&[(1.0, &latent), (-0.05, &guided)])?;
             }
-            vae.decode(&latent.scale(1.0 / 0.18215)?)?.to_vec().map(|_| ())
+            vae.decode(&latent.scale(1.0 / 0.18215)?)?
+                .to_vec()
+                .map(|_| ())
         })?;
         eprintln!("{steps}-step image on {device}: {t:?}");
         report.push(format!("\"image_s\": {:.5}", median(t)));

@@ -246,6 +246,14 @@ fn cache_dir() -> Option<PathBuf> {
 
 /// The cubin of `module` for `arch`, from the disk cache or freshly compiled (and then cached).
 pub(crate) fn cubin_cached(module: KernelModule, arch: &str) -> Result<Vec<u8>, CudaError> {
+    cubin_cached_in(module, arch, cache_dir())
+}
+
+fn cubin_cached_in(
+    module: KernelModule,
+    arch: &str,
+    dir: Option<PathBuf>,
+) -> Result<Vec<u8>, CudaError> {
     let (major, minor) = nvrtc_version()?;
     let mut hasher = Sha256::new();
     hasher.update(module.source().as_bytes());
@@ -256,7 +264,7 @@ pub(crate) fn cubin_cached(module: KernelModule, arch: &str) -> Result<Vec<u8>, 
     hasher.update(format!("nvrtc {major}.{minor} {arch}").as_bytes());
     let digest = hasher.finalize();
     let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    let file = cache_dir().map(|d| {
+    let file = dir.map(|d| {
         d.join(format!(
             "{}-{arch}-nvrtc{major}.{minor}-{hex}.cubin",
             module.name()
@@ -282,4 +290,43 @@ pub(crate) fn cubin_cached(module: KernelModule, arch: &str) -> Result<Vec<u8>, 
         }
     }
     Ok(compiled.cubin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cubins_are_cached_on_disk_by_key() -> Result<(), CudaError> {
+        if !nvrtc_available() {
+            eprintln!("skipped: libnvrtc not found (tools/install_nvrtc.sh)");
+            return Ok(());
+        }
+        let dir = std::env::temp_dir().join(format!("sdrs-cubin-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = cubin_cached_in(KernelModule::Layout, "sm_80", Some(dir.clone()))?;
+        let files: Vec<_> = std::fs::read_dir(&dir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let name = files[0].file_name().and_then(|n| n.to_str()).unwrap_or("");
+        assert!(
+            name.starts_with("layout-sm_80-nvrtc") && name.ends_with(".cubin"),
+            "{name}"
+        );
+        // A second call is served from the file: overwrite it and see the marker come back.
+        std::fs::write(&files[0], b"cached").map_err(|e| CudaError::Compile {
+            module: "layout",
+            arch: "sm_80".into(),
+            log: e.to_string(),
+        })?;
+        let second = cubin_cached_in(KernelModule::Layout, "sm_80", Some(dir.clone()))?;
+        assert_eq!(second, b"cached");
+        assert!(first.len() > 1000);
+        // Another architecture is another key.
+        cubin_cached_in(KernelModule::Layout, "sm_90", Some(dir.clone()))?;
+        assert_eq!(std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
 }

@@ -143,6 +143,13 @@ fn act_code(act: Activation) -> i32 {
     }
 }
 
+/// Whether the flash-attention kernel may be used. `SDRS_CUDA_ATTENTION=gemm` forces the
+/// GEMM + softmax + GEMM path everywhere (a fallback, and a baseline for timing the kernel).
+fn flash_enabled() -> bool {
+    static FLASH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLASH.get_or_init(|| std::env::var("SDRS_CUDA_ATTENTION").map_or(true, |v| v != "gemm"))
+}
+
 /// Column buffers of im2col are split into chunks of at most this many bytes (the VAE's 512²
 /// convolutions would otherwise need > 1 GB).
 const IM2COL_CHUNK_BYTES: usize = 256 << 20;
@@ -831,7 +838,8 @@ impl CudaStorage {
         if out.len == 0 {
             return Ok(out);
         }
-        let flash = matches!(dt, DType::F16 | DType::BF16)
+        let flash = flash_enabled()
+            && matches!(dt, DType::F16 | DType::BF16)
             && matches!(s.head_dim, 40 | 64 | 80 | 160)
             && dev.compute_capability().0 >= 8;
         if flash {
