@@ -156,6 +156,125 @@ const IM2COL_CHUNK_BYTES: usize = 256 << 20;
 /// Fp32 attention score buffers of the GEMM fallback are split by heads to stay under this.
 const SCORES_CHUNK_BYTES: usize = 512 << 20;
 
+/// One product: its shape and the three operands.
+type Gemm = (GemmSpec, Operand, Operand, Operand);
+
+fn operand(ptr: u64, ld: usize, trans: bool, batch_stride: usize) -> Operand {
+    Operand {
+        ptr,
+        ld: ld as i64,
+        trans,
+        batch_stride: batch_stride as i64,
+    }
+}
+
+fn spec(m: usize, n: usize, k: usize, batch: usize, dtype: DType, out: DType) -> GemmSpec {
+    GemmSpec {
+        m,
+        n,
+        k,
+        batch,
+        in_dtype: dtype,
+        out_dtype: out,
+    }
+}
+
+/// `out[rows, out_f] = x[rows, in_f] · w[out_f, in_f]ᵀ`.
+fn linear_gemm(
+    x: u64,
+    w: u64,
+    out: u64,
+    rows: usize,
+    in_f: usize,
+    out_f: usize,
+    dt: DType,
+) -> Gemm {
+    (
+        spec(rows, out_f, in_f, 1, dt, dt),
+        operand(x, in_f, false, 0),
+        operand(w, in_f, true, 0),
+        operand(out, out_f, false, 0),
+    )
+}
+
+/// `out[batch, m, n] = a[batch, m, k] · b[batch or 1, k, n]`; a shared right-hand side folds the
+/// batch into M (one larger, better-shaped product).
+fn matmul_gemm(
+    a: u64,
+    b: u64,
+    out: u64,
+    [batch, m, k, n]: [usize; 4],
+    shared_rhs: bool,
+    dt: DType,
+) -> Gemm {
+    let (rows, count) = if shared_rhs {
+        (batch * m, 1)
+    } else {
+        (m, batch)
+    };
+    (
+        spec(rows, n, k, count, dt, dt),
+        operand(a, k, false, m * k),
+        operand(b, n, false, k * n),
+        operand(out, n, false, m * n),
+    )
+}
+
+/// Output rows `[m0, m0 + rows)` of an NHWC convolution: `a[rows, k]` (im2col rows, or the input
+/// itself for a pointwise convolution) times the HWIO weight viewed as `[k, n]`.
+fn conv_gemm(a: u64, w: u64, out: u64, [m0, rows, k, n]: [usize; 4], dt: DType) -> Gemm {
+    let elt = dt.size_in_bytes() as u64;
+    (
+        spec(rows, n, k, 1, dt, dt),
+        operand(a, k, false, 0),
+        operand(w, n, false, 0),
+        operand(out + (m0 * n) as u64 * elt, n, false, 0),
+    )
+}
+
+/// Scores of heads `[h0, h0 + hc)` of batch item `b`: `S[h] = Q_h K_hᵀ` (fp32, `[hc, tq, tk]`),
+/// reading each head's columns straight out of the `[b, t, heads·d]` tensors.
+fn attention_score_gemm(
+    q: u64,
+    k: u64,
+    scores: u64,
+    s: AttentionShape,
+    [b, h0, hc]: [usize; 3],
+    dt: DType,
+) -> Gemm {
+    let (d, elt) = (s.head_dim, dt.size_in_bytes() as u64);
+    let width = s.heads * d;
+    let q_off = ((b * s.q_len * width + h0 * d) as u64) * elt;
+    let kv_off = ((b * s.kv_len * width + h0 * d) as u64) * elt;
+    (
+        spec(s.q_len, s.kv_len, d, hc, dt, DType::F32),
+        operand(q + q_off, width, false, d),
+        operand(k + kv_off, width, true, d),
+        operand(scores, s.kv_len, false, s.q_len * s.kv_len),
+    )
+}
+
+/// `O_h = P_h V_h` for the heads of [`attention_score_gemm`], written into `[b, t, heads·d]`.
+fn attention_value_gemm(
+    probs: u64,
+    v: u64,
+    out: u64,
+    s: AttentionShape,
+    [b, h0, hc]: [usize; 3],
+    dt: DType,
+) -> Gemm {
+    let (d, elt) = (s.head_dim, dt.size_in_bytes() as u64);
+    let width = s.heads * d;
+    let o_off = ((b * s.q_len * width + h0 * d) as u64) * elt;
+    let kv_off = ((b * s.kv_len * width + h0 * d) as u64) * elt;
+    (
+        spec(s.q_len, d, s.kv_len, hc, dt, dt),
+        operand(probs, s.kv_len, false, s.q_len * s.kv_len),
+        operand(v + kv_off, width, false, d),
+        operand(out + o_off, width, false, d),
+    )
+}
+
 impl CudaStorage {
     fn unary(&self, op: i32, a: f32, b: f32) -> Result<CudaStorage> {
         let dev = self.dev();
@@ -432,32 +551,15 @@ impl CudaStorage {
         }
         let dev = self.dev();
         let out = CudaStorage::alloc(dev, rows * out_f, self.dtype)?;
-        let spec = GemmSpec {
-            m: rows,
-            n: out_f,
-            k: in_f,
-            batch: 1,
-            in_dtype: self.dtype,
-            out_dtype: self.dtype,
-        };
-        let a = Operand {
-            ptr: self.ptr(),
-            ld: in_f as i64,
-            trans: false,
-            batch_stride: 0,
-        };
-        let b = Operand {
-            ptr: weight.ptr(),
-            ld: in_f as i64,
-            trans: true,
-            batch_stride: 0,
-        };
-        let c = Operand {
-            ptr: out.ptr(),
-            ld: out_f as i64,
-            trans: false,
-            batch_stride: 0,
-        };
+        let (spec, a, b, c) = linear_gemm(
+            self.ptr(),
+            weight.ptr(),
+            out.ptr(),
+            rows,
+            in_f,
+            out_f,
+            self.dtype,
+        );
         Self::gemm(dev, spec, a, b, c, bias.map(|b| b.ptr()))?;
         Ok(out)
     }
@@ -475,38 +577,14 @@ impl CudaStorage {
         self.check_same("matmul", rhs)?;
         let dev = self.dev();
         let out = CudaStorage::alloc(dev, batch * m * n, self.dtype)?;
-        // A shared right-hand side folds the batch into M: one larger, better-shaped GEMM.
-        let (rows, count) = if shared_rhs {
-            (batch * m, 1)
-        } else {
-            (m, batch)
-        };
-        let spec = GemmSpec {
-            m: rows,
-            n,
-            k,
-            batch: count,
-            in_dtype: self.dtype,
-            out_dtype: self.dtype,
-        };
-        let a = Operand {
-            ptr: self.ptr(),
-            ld: k as i64,
-            trans: false,
-            batch_stride: (m * k) as i64,
-        };
-        let b = Operand {
-            ptr: rhs.ptr(),
-            ld: n as i64,
-            trans: false,
-            batch_stride: (k * n) as i64,
-        };
-        let c = Operand {
-            ptr: out.ptr(),
-            ld: n as i64,
-            trans: false,
-            batch_stride: (m * n) as i64,
-        };
+        let (spec, a, b, c) = matmul_gemm(
+            self.ptr(),
+            rhs.ptr(),
+            out.ptr(),
+            [batch, m, k, n],
+            shared_rhs,
+            self.dtype,
+        );
         Self::gemm(dev, spec, a, b, c, None)?;
         Ok(out)
     }
@@ -537,34 +615,9 @@ impl CudaStorage {
             && g.kw == 1
             && p.stride == 1
             && p.pad_top + p.pad_left + p.pad_bottom + p.pad_right == 0;
-        let w_op = Operand {
-            ptr: weight.ptr(),
-            ld: n as i64,
-            trans: false,
-            batch_stride: 0,
-        };
         if pointwise {
-            let spec = GemmSpec {
-                m,
-                n,
-                k,
-                batch: 1,
-                in_dtype: dt,
-                out_dtype: dt,
-            };
-            let a = Operand {
-                ptr: self.ptr(),
-                ld: k as i64,
-                trans: false,
-                batch_stride: 0,
-            };
-            let c = Operand {
-                ptr: out.ptr(),
-                ld: n as i64,
-                trans: false,
-                batch_stride: 0,
-            };
-            Self::gemm(dev, spec, a, w_op, c, bias_ptr)?;
+            let (spec, a, b, c) = conv_gemm(self.ptr(), weight.ptr(), out.ptr(), [0, m, k, n], dt);
+            Self::gemm(dev, spec, a, b, c, bias_ptr)?;
             return Ok(out);
         }
         let geom = ConvGeom {
@@ -601,27 +654,9 @@ impl CudaStorage {
                 &m0_64,
                 &rows_64
             );
-            let spec = GemmSpec {
-                m: rows,
-                n,
-                k,
-                batch: 1,
-                in_dtype: dt,
-                out_dtype: dt,
-            };
-            let a = Operand {
-                ptr: col.ptr(),
-                ld: k as i64,
-                trans: false,
-                batch_stride: 0,
-            };
-            let c = Operand {
-                ptr: out.ptr() + (m0 * n * elt) as u64,
-                ld: n as i64,
-                trans: false,
-                batch_stride: 0,
-            };
-            Self::gemm(dev, spec, a, w_op, c, bias_ptr)?;
+            let (spec, a, b, c) =
+                conv_gemm(col.ptr(), weight.ptr(), out.ptr(), [m0, rows, k, n], dt);
+            Self::gemm(dev, spec, a, b, c, bias_ptr)?;
             m0 += rows;
         }
         Ok(out)
@@ -954,9 +989,6 @@ impl CudaStorage {
     ) -> Result<()> {
         let dev = self.dev();
         let dt = self.dtype;
-        let elt = dt.size_in_bytes() as u64;
-        let d = s.head_dim;
-        let width = s.heads * d;
         let per_head = s.q_len * s.kv_len;
         let heads_per_chunk = (SCORES_CHUNK_BYTES / (per_head * 4).max(1)).clamp(1, s.heads);
         let scores = CudaStorage::alloc(dev, heads_per_chunk * per_head, DType::F32)?;
@@ -965,39 +997,11 @@ impl CudaStorage {
             let mut h0 = 0;
             while h0 < s.heads {
                 let hc = heads_per_chunk.min(s.heads - h0);
-                let q_off = ((b * s.q_len * width + h0 * d) as u64) * elt;
-                let kv_off = ((b * s.kv_len * width + h0 * d) as u64) * elt;
-                // S[h] = Q_h K_hᵀ, fp32.
-                Self::gemm(
-                    dev,
-                    GemmSpec {
-                        m: s.q_len,
-                        n: s.kv_len,
-                        k: d,
-                        batch: hc,
-                        in_dtype: dt,
-                        out_dtype: DType::F32,
-                    },
-                    Operand {
-                        ptr: self.ptr() + q_off,
-                        ld: width as i64,
-                        trans: false,
-                        batch_stride: d as i64,
-                    },
-                    Operand {
-                        ptr: k.ptr() + kv_off,
-                        ld: width as i64,
-                        trans: true,
-                        batch_stride: d as i64,
-                    },
-                    Operand {
-                        ptr: scores.ptr(),
-                        ld: s.kv_len as i64,
-                        trans: false,
-                        batch_stride: per_head as i64,
-                    },
-                    None,
-                )?;
+                let heads = [b, h0, hc];
+                // S[h] = Q_h K_hᵀ in fp32, then P = softmax(S · scale) in the dtype.
+                let (spec, qo, ko, so) =
+                    attention_score_gemm(self.ptr(), k.ptr(), scores.ptr(), s, heads, dt);
+                Self::gemm(dev, spec, qo, ko, so, None)?;
                 let rows = (hc * s.q_len) as u64;
                 let (sp, pp) = (scores.ptr(), probs.ptr());
                 let (cols, causal_i, q_len) = (
@@ -1020,36 +1024,9 @@ impl CudaStorage {
                     &q_len
                 );
                 // O_h = P_h V_h, written straight into the [b, t, heads·d] output.
-                Self::gemm(
-                    dev,
-                    GemmSpec {
-                        m: s.q_len,
-                        n: d,
-                        k: s.kv_len,
-                        batch: hc,
-                        in_dtype: dt,
-                        out_dtype: dt,
-                    },
-                    Operand {
-                        ptr: probs.ptr(),
-                        ld: s.kv_len as i64,
-                        trans: false,
-                        batch_stride: per_head as i64,
-                    },
-                    Operand {
-                        ptr: v.ptr() + kv_off,
-                        ld: width as i64,
-                        trans: false,
-                        batch_stride: d as i64,
-                    },
-                    Operand {
-                        ptr: out.ptr() + q_off,
-                        ld: width as i64,
-                        trans: false,
-                        batch_stride: d as i64,
-                    },
-                    None,
-                )?;
+                let (spec, po, vo, oo) =
+                    attention_value_gemm(probs.ptr(), v.ptr(), out.ptr(), s, heads, dt);
+                Self::gemm(dev, spec, po, vo, oo, None)?;
                 h0 += hc;
             }
         }
@@ -1266,5 +1243,177 @@ impl CudaStorage {
             &w
         );
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The products each op issues, run through the host emulation of cuBLASLt's column-major
+    //! semantics (`gemm::emulate`) and compared with the CPU backend. No GPU involved.
+
+    use super::*;
+    use crate::backend::cuda::gemm::emulate::{HostMem, run};
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    fn close(got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() < 1e-4, "element {i}: {g} vs {w}");
+        }
+    }
+
+    fn run_gemm(mem: &mut HostMem, (spec, a, b, c): Gemm, bias: Option<u64>) {
+        run(mem, spec, a, b, c, bias);
+    }
+
+    #[test]
+    fn linear_operands() {
+        let (rows, in_f, out_f) = (5, 7, 3);
+        let (xv, wv, bv) = (
+            values(rows * in_f, 1),
+            values(out_f * in_f, 2),
+            values(out_f, 3),
+        );
+        let mut mem = HostMem::default();
+        let (x, w, b) = (
+            mem.alloc(xv.clone(), 4),
+            mem.alloc(wv.clone(), 4),
+            mem.alloc(bv.clone(), 4),
+        );
+        let out = mem.alloc(vec![f32::NAN; rows * out_f], 4);
+        run_gemm(
+            &mut mem,
+            linear_gemm(x, w, out, rows, in_f, out_f, DType::F32),
+            Some(b),
+        );
+        let want: Vec<f32> = (0..rows * out_f)
+            .map(|i| {
+                let (r, o) = (i / out_f, i % out_f);
+                bv[o]
+                    + (0..in_f)
+                        .map(|k| xv[r * in_f + k] * wv[o * in_f + k])
+                        .sum::<f32>()
+            })
+            .collect();
+        close(mem.data(out), &want);
+    }
+
+    #[test]
+    fn matmul_operands_batched_and_shared() {
+        let [batch, m, k, n] = [3, 4, 5, 2];
+        for shared in [false, true] {
+            let av = values(batch * m * k, 4);
+            let bv = values(if shared { k * n } else { batch * k * n }, 5);
+            let mut mem = HostMem::default();
+            let (a, b) = (mem.alloc(av.clone(), 2), mem.alloc(bv.clone(), 2));
+            let out = mem.alloc(vec![f32::NAN; batch * m * n], 2);
+            run_gemm(
+                &mut mem,
+                matmul_gemm(a, b, out, [batch, m, k, n], shared, DType::F16),
+                None,
+            );
+            let want: Vec<f32> = (0..batch * m * n)
+                .map(|i| {
+                    let (bi, r, c) = (i / (m * n), (i / n) % m, i % n);
+                    let rb = if shared { 0 } else { bi * k * n };
+                    (0..k)
+                        .map(|kk| av[bi * m * k + r * k + kk] * bv[rb + kk * n + c])
+                        .sum()
+                })
+                .collect();
+            close(mem.data(out), &want);
+        }
+    }
+
+    #[test]
+    fn conv_chunks_write_their_rows() {
+        let [m, k, n] = [7, 6, 5];
+        let (colv, wv) = (values(m * k, 6), values(k * n, 7));
+        let mut mem = HostMem::default();
+        let w = mem.alloc(wv.clone(), 2);
+        let out = mem.alloc(vec![f32::NAN; m * n], 2);
+        // Two chunks, each with its own column buffer, as conv2d does.
+        for (m0, rows) in [(0, 4), (4, 3)] {
+            let col = mem.alloc(colv[m0 * k..(m0 + rows) * k].to_vec(), 2);
+            run_gemm(
+                &mut mem,
+                conv_gemm(col, w, out, [m0, rows, k, n], DType::BF16),
+                None,
+            );
+        }
+        let want: Vec<f32> = (0..m * n)
+            .map(|i| {
+                (0..k)
+                    .map(|kk| colv[(i / n) * k + kk] * wv[kk * n + i % n])
+                    .sum()
+            })
+            .collect();
+        close(mem.data(out), &want);
+    }
+
+    #[test]
+    fn attention_operands_match_the_cpu_attention() {
+        let s = AttentionShape {
+            batch: 2,
+            q_len: 3,
+            kv_len: 5,
+            heads: 3,
+            head_dim: 4,
+        };
+        let width = s.heads * s.head_dim;
+        let qv = values(s.batch * s.q_len * width, 8);
+        let kv = values(s.batch * s.kv_len * width, 9);
+        let vv = values(s.batch * s.kv_len * width, 10);
+        let scale = 0.7f32;
+        for causal in [false, true] {
+            let want = crate::backend::cpu::attention::attention(&qv, &kv, &vv, s, scale, causal);
+            for heads_per_chunk in [1, 2, 3] {
+                let mut mem = HostMem::default();
+                let (q, k, v) = (
+                    mem.alloc(qv.clone(), 2),
+                    mem.alloc(kv.clone(), 2),
+                    mem.alloc(vv.clone(), 2),
+                );
+                let out = mem.alloc(vec![f32::NAN; qv.len()], 2);
+                let per_head = s.q_len * s.kv_len;
+                for b in 0..s.batch {
+                    let mut h0 = 0;
+                    while h0 < s.heads {
+                        let hc = heads_per_chunk.min(s.heads - h0);
+                        let scores = mem.alloc(vec![f32::NAN; hc * per_head], 4);
+                        run_gemm(
+                            &mut mem,
+                            attention_score_gemm(q, k, scores, s, [b, h0, hc], DType::F16),
+                            None,
+                        );
+                        // The softmax_scores kernel's job, on the host.
+                        let sv = mem.data(scores).to_vec();
+                        let mut pv = vec![0.0f32; sv.len()];
+                        for row in 0..hc * s.q_len {
+                            let limit = if causal { row % s.q_len + 1 } else { s.kv_len };
+                            let r = &sv[row * s.kv_len..row * s.kv_len + limit];
+                            let mx = r.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x * scale));
+                            let sum: f32 = r.iter().map(|&x| (x * scale - mx).exp()).sum();
+                            for (c, &x) in r.iter().enumerate() {
+                                pv[row * s.kv_len + c] = (x * scale - mx).exp() / sum;
+                            }
+                        }
+                        let probs = mem.alloc(pv, 2);
+                        run_gemm(
+                            &mut mem,
+                            attention_value_gemm(probs, v, out, s, [b, h0, hc], DType::F16),
+                            None,
+                        );
+                        h0 += hc;
+                    }
+                }
+                close(mem.data(out), &want);
+            }
+        }
     }
 }
