@@ -49,6 +49,12 @@ fn main() -> Result<()> {
     let only: Option<String> = arg(&args, "--only");
     let want = |what: &str| only.as_deref().is_none_or(|o| o == what);
 
+    if let Device::Cuda(ordinal) = device {
+        // Compile (or read from the disk cache) and load every kernel before any timing.
+        let t0 = Instant::now();
+        let kernels = sd_core::cuda::warm_up(ordinal)?;
+        eprintln!("{} kernels loaded in {:.2} s", kernels.len(), t0.elapsed().as_secs_f64());
+    }
     let store = Arc::new(WeightStore::synthetic(0));
     let w = store.view(device);
     let mut report = Vec::new();

@@ -508,6 +508,48 @@ fn tiny_models_match_the_cpu() -> Result<(), String> {
     Ok(())
 }
 
+// --- kernel loading ----------------------------------------------------------------------------
+
+/// Every kernel loads on the device, and the hot ones use no local memory (no spills), as the
+/// compile-time check promises.
+#[test]
+fn every_kernel_loads_without_local_memory() -> Result<(), String> {
+    let Some(device) = gpu().filter(|d| !d.is_cpu()) else {
+        return Ok(());
+    };
+    let Device::Cuda(ordinal) = device else {
+        return Ok(());
+    };
+    let infos = sd_core::cuda::warm_up(ordinal).map_err(|e| e.to_string())?;
+    let mut bad = Vec::new();
+    for k in &infos {
+        eprintln!(
+            "{:12} {:24} {:3} regs, {:3} B local, <= {} threads",
+            k.module, k.name, k.registers, k.local_bytes, k.max_threads_per_block
+        );
+        let hot = ["flash_fwd_", "im2col_", "gn_", "layer_norm_"];
+        if hot.iter().any(|p| k.name.starts_with(p)) && k.local_bytes > 0 {
+            bad.push(format!("{}: {} B local memory", k.name, k.local_bytes));
+        }
+        let block = if k.name.starts_with("flash_fwd_") {
+            128
+        } else {
+            256
+        };
+        if k.max_threads_per_block < block {
+            bad.push(format!(
+                "{}: at most {} threads",
+                k.name, k.max_threads_per_block
+            ));
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad.join("\n"))
+    }
+}
+
 // --- conversions and errors ----------------------------------------------------------------------
 
 #[test]

@@ -74,6 +74,55 @@ fn probe(ordinal: usize) -> Result<()> {
     Ok(())
 }
 
+/// What the driver reports about one loaded kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelInfo {
+    /// The kernel module (`elementwise`, `attention`, …).
+    pub module: &'static str,
+    /// The kernel's `extern "C"` name.
+    pub name: String,
+    /// Registers per thread.
+    pub registers: i32,
+    /// Local memory per thread in bytes (non-zero means register spills or a stack).
+    pub local_bytes: i32,
+    /// The largest block the kernel can be launched with.
+    pub max_threads_per_block: i32,
+}
+
+/// Loads every kernel module on CUDA device `ordinal` (compiling it, or reading it from the disk
+/// cache) and reports each kernel's resources. Calling it once before timing or graph capture
+/// keeps compilation and module loading out of both. The attention module is skipped below
+/// sm_80, where the backend does not use it.
+///
+/// # Errors
+/// [`Error::DeviceUnavailable`] without a driver or device; compiler or driver errors otherwise.
+pub fn warm_up(ordinal: usize) -> Result<Vec<KernelInfo>> {
+    let dev = CudaDevice::get(ordinal)?;
+    let mut out = Vec::new();
+    for module in KernelModule::ALL {
+        if module == KernelModule::Attention && dev.compute_capability.0 < 8 {
+            continue;
+        }
+        let handle = dev.module(module)?;
+        for name in module.kernel_names() {
+            let f = handle
+                .load_function(&name)
+                .map_err(driver_err(format!("load kernel {name}")))?;
+            let attr = |r: std::result::Result<i32, cudarc::driver::DriverError>| {
+                r.map_err(driver_err(format!("query kernel {name}")))
+            };
+            out.push(KernelInfo {
+                module: module.name(),
+                registers: attr(f.num_regs())?,
+                local_bytes: attr(f.local_size_bytes())?,
+                max_threads_per_block: attr(f.max_threads_per_block())?,
+                name,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Buffers smaller than this are pooled in power-of-two classes, larger ones in 1 MiB steps.
 const SMALL_CLASS_LIMIT: usize = 1 << 20;
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaView, CudaViewMut};
 
-pub use device::{cuda_available, set_poison_allocations};
+pub use device::{KernelInfo, cuda_available, set_poison_allocations, warm_up};
 pub use error::CudaError;
 
 use crate::error::{Error, Result};
