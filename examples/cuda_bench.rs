@@ -53,7 +53,11 @@ fn main() -> Result<()> {
         // Compile (or read from the disk cache) and load every kernel before any timing.
         let t0 = Instant::now();
         let kernels = sd_core::cuda::warm_up(ordinal)?;
-        eprintln!("{} kernels loaded in {:.2} s", kernels.len(), t0.elapsed().as_secs_f64());
+        eprintln!(
+            "{} kernels loaded in {:.2} s",
+            kernels.len(),
+            t0.elapsed().as_secs_f64()
+        );
     }
     let store = Arc::new(WeightStore::synthetic(0));
     let w = store.view(device);
