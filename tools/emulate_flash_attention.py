@@ -57,6 +57,19 @@ def mma_k8(c, a, b):
             c[lane][i] += C[g if i < 2 else g + 8, 2 * t + (i & 1)]
 
 
+def ldmatrix_trans(smem, addrs, count):
+    """ldmatrix.sync.aligned.m8n8.x{count}.trans.shared.b16 per the PTX ISA: lanes 8i..8i+7 give
+    the (row, col) start of the 8 rows of matrix i (8 consecutive 16-bit values each); register i
+    of lane l receives (M_i[2(l%4)][l/4], M_i[2(l%4)+1][l/4]) (low half first)."""
+    regs = [[None] * count for _ in range(32)]
+    for i in range(count):
+        m = [[smem[addrs[8 * i + r][0], addrs[8 * i + r][1] + c] for c in range(8)] for r in range(8)]
+        for lane in range(32):
+            g, t = lane >> 2, lane & 3
+            regs[lane][i] = (m[2 * t][g], m[2 * t + 1][g])
+    return regs
+
+
 def flash_fwd(q, k, v, heads, d, bn, scale, causal):
     """q: [b, tq, heads*d], k/v: [b, tk, heads*d] (already rounded to f16). Returns o like q."""
     b_, tq, width = q.shape
@@ -161,13 +174,17 @@ def flash_fwd(q, k, v, heads, d, bn, scale, causal):
                             # pack2(lo, hi) per register: reg0 = (s0[0], s0[1]), reg1 = (s0[2], s0[3]),
                             # reg2 = (s1[0], s1[1]), reg3 = (s1[2], s1[3]); rounded to f16.
                             pa.append([float(x) for x in f16([s0[0], s0[1], s0[2], s0[3], s1[0], s1[1], s1[2], s1[3]])])
-                        for dt in range(dt_tiles):
-                            bfr = []
-                            for lane in range(32):
-                                g, t = lane >> 2, lane & 3
-                                r, c = kk * 16 + 2 * t, dt * 8 + g
-                                bfr.append([vs[r, c], vs[r + 1, c], vs[r + 8, c], vs[r + 9, c]])
-                            mma_k16(acc[dt], pa, bfr)
+                        # V fragments through ldmatrix.trans, as the kernel addresses it.
+                        row_of = [kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7) for lane in range(32)]
+                        for dt in range(0, dt_tiles - 1, 2):
+                            addrs = [(row_of[lane], (lane >> 4) * 8 + dt * 8) for lane in range(32)]
+                            regs = ldmatrix_trans(vs, addrs, 4)
+                            mma_k16(acc[dt], pa, [regs[l][0] + regs[l][1] for l in range(32)])
+                            mma_k16(acc[dt + 1], pa, [regs[l][2] + regs[l][3] for l in range(32)])
+                        if dt_tiles % 2:
+                            addrs = [(row_of[lane], (dt_tiles - 1) * 8) for lane in range(32)]
+                            regs = ldmatrix_trans(vs, addrs, 2)
+                            mma_k16(acc[dt_tiles - 1], pa, [regs[l][0] + regs[l][1] for l in range(32)])
                 for arr in (l0, l1):
                     for off in (1, 2):
                         prev = arr[:]

@@ -3,7 +3,8 @@
 //
 // grid = (ceil(Tq / 64), B * H), block = 128 threads = 4 warps; each warp owns 16 query rows.
 // Q is read once into registers as mma.sync A fragments; K and V tiles of BN keys are staged in
-// shared memory (16-byte vector loads, rows past the end zero-filled). S = Q Kᵀ (m16n8k16, plus one
+// shared memory (16-byte vector loads, rows past the end zero-filled); V's B fragments come from
+// ldmatrix.trans. S = Q Kᵀ (m16n8k16, plus one
 // m16n8k8 for the last 8 columns of d = 40), scores scaled by log2(e)/√d and masked to -inf past
 // Tk (and past the query for causal), a base-2 online softmax in fp32 registers, then O += P V with
 // P converted in registers from C fragments to A fragments. The row sum is kept per thread and
@@ -61,6 +62,22 @@ __device__ __forceinline__ float ex2(float x) {
 }
 
 __device__ __forceinline__ u32 ld_u32(const u16* p) { return *reinterpret_cast<const u32*>(p); }
+
+// ldmatrix .trans: lanes 8i..8i+7 give the addresses of the 8 rows (16 bytes each) of matrix i;
+// register i of lane l receives (M_i[2(l%4)][l/4], M_i[2(l%4)+1][l/4]), i.e. the B fragment of a
+// row-major [k][n] tile.
+__device__ __forceinline__ void ldsm_x4_trans(u32* r, const u16* p) {
+    const u32 a = (u32)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+__device__ __forceinline__ void ldsm_x2_trans(u32* r, const u16* p) {
+    const u32 a = (u32)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(a));
+}
 
 // Copies `rows` rows of D 16-bit values (token stride `ts` elements) into shared memory rows of SD
 // halves; rows at or past `valid` are zero-filled.
@@ -198,13 +215,22 @@ __device__ void flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, 
             pa[1] = pack2(s[2 * kk][2], s[2 * kk][3], T());
             pa[2] = pack2(s[2 * kk + 1][0], s[2 * kk + 1][1], T());
             pa[3] = pack2(s[2 * kk + 1][2], s[2 * kk + 1][3], T());
-            const u16* v0 = vs + (kk * 16 + 2 * t) * SD + g;
+            // V fragments by ldmatrix.trans, two n8 tiles of the head dim per x4: lane l points at
+            // key kk*16 + 8*((l/8)&1) + l%8, columns 8*(dt + l/16) ...; matrices 0/1 are keys
+            // 0-7/8-15 of tile dt (its b0/b1), matrices 2/3 the same for tile dt+1.
+            const u16* vrow = vs + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * SD + (lane >> 4) * 8;
 #pragma unroll
-            for (int dt = 0; dt < DT; ++dt) {
-                const u16* vp = v0 + dt * 8;
-                const u32 b0 = (u32)vp[0] | ((u32)vp[SD] << 16);
-                const u32 b1 = (u32)vp[8 * SD] | ((u32)vp[9 * SD] << 16);
-                mma_k16(acc[dt], pa, b0, b1, T());
+            for (int dt = 0; dt + 1 < DT; dt += 2) {
+                u32 vb[4];
+                ldsm_x4_trans(vb, vrow + dt * 8);
+                mma_k16(acc[dt], pa, vb[0], vb[1], T());
+                mma_k16(acc[dt + 1], pa, vb[2], vb[3], T());
+            }
+            if (DT % 2 != 0) {
+                // The odd last tile: an x2 (only lanes 0-15's addresses are used).
+                u32 vb[2];
+                ldsm_x2_trans(vb, vs + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * SD + (DT - 1) * 8);
+                mma_k16(acc[DT - 1], pa, vb[0], vb[1], T());
             }
         }
     }
@@ -230,17 +256,20 @@ __device__ void flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, 
     }
 }
 
-#define SDRS_FLASH(D, BN, name, T)                                                                    \
-    extern "C" __global__ void __launch_bounds__(128) flash_fwd_d##D##_##name(                        \
+// MINB = CTAs per SM the register allocation must allow (__launch_bounds__): 4 for d = 40
+// (<= 128 registers), 3 for d = 64 and 80 (<= 168), 2 for d = 160. Without it ptxas picked 80 registers
+// and spilled for d = 40 bf16 on sm_80.
+#define SDRS_FLASH(D, BN, MINB, name, T)                                                              \
+    extern "C" __global__ void __launch_bounds__(128, MINB) flash_fwd_d##D##_##name(                  \
         const u16* q, const u16* k, const u16* v, u16* o, AttnArgs a) {                               \
         flash_fwd<D, BN, T>(q, k, v, o, a);                                                            \
     }
 
-SDRS_FLASH(40, 64, f16, f16_t)
-SDRS_FLASH(64, 64, f16, f16_t)
-SDRS_FLASH(80, 64, f16, f16_t)
-SDRS_FLASH(160, 32, f16, f16_t)
-SDRS_FLASH(40, 64, bf16, bf16_t)
-SDRS_FLASH(64, 64, bf16, bf16_t)
-SDRS_FLASH(80, 64, bf16, bf16_t)
-SDRS_FLASH(160, 32, bf16, bf16_t)
+SDRS_FLASH(40, 64, 4, f16, f16_t)
+SDRS_FLASH(64, 64, 3, f16, f16_t)
+SDRS_FLASH(80, 64, 3, f16, f16_t)
+SDRS_FLASH(160, 32, 2, f16, f16_t)
+SDRS_FLASH(40, 64, 4, bf16, bf16_t)
+SDRS_FLASH(64, 64, 3, bf16, bf16_t)
+SDRS_FLASH(80, 64, 3, bf16, bf16_t)
+SDRS_FLASH(160, 32, 2, bf16, bf16_t)
