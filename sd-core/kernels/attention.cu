@@ -79,17 +79,38 @@ __device__ __forceinline__ void ldsm_x2_trans(u32* r, const u16* p) {
                  : "r"(a));
 }
 
-// Copies `rows` rows of D 16-bit values (token stride `ts` elements) into shared memory rows of SD
-// halves; rows at or past `valid` are zero-filled.
+// Starts asynchronous copies (cp.async, 16 bytes each, bypassing L1) of `rows` rows of D 16-bit
+// values (token stride `ts` elements) into shared memory rows of SD halves; rows at or past `valid`
+// are zero-filled by the copy itself (source size 0, reading nothing). The caller commits the group
+// and waits for it.
+__device__ __forceinline__ void cp_async16(u16* dst, const u16* src, bool valid) {
+#ifdef SDRS_HAS_MMA
+    const u32 d = (u32)__cvta_generic_to_shared(dst);
+    const int bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(bytes));
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef SDRS_HAS_MMA
+    asm volatile("cp.async.commit_group;");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#ifdef SDRS_HAS_MMA
+    asm volatile("cp.async.wait_group %0;" ::"n"(N));
+#endif
+}
+
 template <int D, int SD>
-__device__ __forceinline__ void load_tile(u16* __restrict__ dst, const u16* __restrict__ src, i64 ts, int rows,
-                                          int valid) {
+__device__ __forceinline__ void load_tile_async(u16* __restrict__ dst, const u16* __restrict__ src, i64 ts,
+                                                int rows, int valid) {
     constexpr int CHUNKS = D / 8;
     for (int idx = threadIdx.x; idx < rows * CHUNKS; idx += blockDim.x) {
         const int r = idx / CHUNKS, cc = idx - r * CHUNKS;
-        uint4 v = make_uint4(0u, 0u, 0u, 0u);
-        if (r < valid) v = *reinterpret_cast<const uint4*>(src + (i64)r * ts + cc * 8);
-        *reinterpret_cast<uint4*>(dst + r * SD + cc * 8) = v;
+        const bool ok = r < valid;
+        // A masked row still needs a valid address; row 0 of the tile is (valid >= 1 always).
+        cp_async16(dst + r * SD + cc * 8, src + (ok ? (i64)r * ts : 0) + cc * 8, ok);
     }
 }
 
@@ -108,10 +129,12 @@ __device__ void flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, 
     constexpr bool REM = D % 16 != 0; // one trailing k8 step (d = 40)
     constexpr int NT = BN / 8;       // n8 score tiles per key block
     constexpr int DT = D / 8;        // n8 output tiles
+    // Shared memory: the Q tile, then two stages each of K and V (double buffering: the copies of
+    // key block j + 1 run while block j is computed).
     extern __shared__ __align__(16) u16 smem[];
     u16* qs = smem;
-    u16* ks = qs + BQ * SD;
-    u16* vs = ks + BN * SD;
+    u16* ks_base = qs + BQ * SD;
+    u16* vs_base = ks_base + 2 * BN * SD;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int b = blockIdx.y / a.heads, h = blockIdx.y - b * a.heads;
@@ -120,7 +143,16 @@ __device__ void flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, 
     const u16* kb = k + b * a.k_bs + h * D;
     const u16* vb = v + b * a.v_bs + h * D;
 
-    load_tile<D, SD>(qs, qb, a.q_ts, BQ, a.tq - q0);
+    int kv_end = a.tk;
+    if (a.causal) kv_end = min(a.tk, q0 + BQ);
+    load_tile_async<D, SD>(qs, qb, a.q_ts, BQ, a.tq - q0);
+    cp_async_commit();
+    if (kv_end > 0) {
+        load_tile_async<D, SD>(ks_base, kb, a.k_ts, BN, a.tk);
+        load_tile_async<D, SD>(vs_base, vb, a.v_ts, BN, a.tk);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();  // the Q group is complete (key block 0 may still be in flight)
     __syncthreads();
 
     u32 qa[KS > 0 ? KS : 1][4];
@@ -147,13 +179,22 @@ __device__ void flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, 
     float m0 = SDRS_NEG_INF, m1 = SDRS_NEG_INF, l0 = 0.0f, l1 = 0.0f;
     const int row0 = q0 + warp * 16 + g, row1 = row0 + 8;
 
-    int kv_end = a.tk;
-    if (a.causal) kv_end = min(a.tk, q0 + BQ);
-    for (int kv0 = 0; kv0 < kv_end; kv0 += BN) {
-        __syncthreads();  // previous tile fully consumed
-        load_tile<D, SD>(ks, kb + (i64)kv0 * a.k_ts, a.k_ts, BN, a.tk - kv0);
-        load_tile<D, SD>(vs, vb + (i64)kv0 * a.v_ts, a.v_ts, BN, a.tk - kv0);
-        __syncthreads();
+    for (int kv0 = 0, stage = 0; kv0 < kv_end; kv0 += BN, stage ^= 1) {
+        // Prefetch the next key block into the other stage (consumed one iteration ago, and
+        // released by the barrier at the end of that iteration), then wait for this block only.
+        const int next = kv0 + BN;
+        if (next < kv_end) {
+            const int other = (stage ^ 1) * BN * SD;
+            load_tile_async<D, SD>(ks_base + other, kb + (i64)next * a.k_ts, a.k_ts, BN, a.tk - next);
+            load_tile_async<D, SD>(vs_base + other, vb + (i64)next * a.v_ts, a.v_ts, BN, a.tk - next);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();  // block kv0 is visible to every warp
+        const u16* ks = ks_base + stage * BN * SD;
+        const u16* vs = vs_base + stage * BN * SD;
 
         float s[NT][4];
 #pragma unroll
@@ -233,6 +274,7 @@ __device__ void flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, 
                 mma_k16(acc[DT - 1], pa, vb[0], vb[1], T());
             }
         }
+        __syncthreads();  // every warp is done with this stage before it is refilled
     }
 
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);

@@ -199,6 +199,8 @@ pub(crate) struct CudaDevice {
     stream: Arc<CudaStream>,
     arch: String,
     compute_capability: (i32, i32),
+    /// The most dynamic shared memory one block may opt in to, in bytes.
+    max_shared_optin: usize,
     pool: Mutex<Pool>,
     modules: RwLock<HashMap<KernelModule, Arc<CudaModule>>>,
     functions: RwLock<HashMap<FnKey, CudaFunction>>,
@@ -240,12 +242,18 @@ impl CudaDevice {
             set_release_threshold(&ctx)?;
         }
         let total = ctx.total_mem().unwrap_or(0);
+        let max_shared_optin = ctx
+            .attribute(
+                drv::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(driver_err("query shared memory opt-in"))?;
         Ok(CudaDevice {
             ordinal,
             ctx,
             stream,
             arch: format!("sm_{major}{minor}"),
             compute_capability: (major, minor),
+            max_shared_optin: usize::try_from(max_shared_optin).unwrap_or(0),
             pool: Mutex::new(Pool {
                 free: HashMap::new(),
                 cached_bytes: 0,
@@ -271,6 +279,11 @@ impl CudaDevice {
     /// The compute capability as (major, minor).
     pub(crate) fn compute_capability(&self) -> (i32, i32) {
         self.compute_capability
+    }
+
+    /// The most dynamic shared memory one block may use (after opting in), in bytes.
+    pub(crate) fn max_shared_optin(&self) -> usize {
+        self.max_shared_optin
     }
 
     /// A buffer of at least `bytes` bytes from the pool. Its contents are undefined (NaN when
@@ -391,6 +404,16 @@ impl CudaDevice {
         let f = module_handle
             .load_function(&name)
             .map_err(driver_err(format!("load kernel {name}")))?;
+        if base.starts_with("flash_fwd_") {
+            // Above 48 KB of dynamic shared memory a kernel must opt in (d = 80 and 160 need it).
+            let static_bytes = f.shared_size_bytes().unwrap_or(0).max(0) as usize;
+            let allowed = self.max_shared_optin.saturating_sub(static_bytes);
+            f.set_attribute(
+                drv::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                i32::try_from(allowed).unwrap_or(i32::MAX),
+            )
+            .map_err(driver_err(format!("opt {name} in to shared memory")))?;
+        }
         self.functions
             .write()
             .map_err(|_| Error::Internal("cuda function cache lock poisoned".into()))?

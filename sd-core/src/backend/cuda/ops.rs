@@ -150,6 +150,20 @@ fn flash_enabled() -> bool {
     *FLASH.get_or_init(|| std::env::var("SDRS_CUDA_ATTENTION").map_or(true, |v| v != "gemm"))
 }
 
+/// (shared-memory row stride in halves, keys per block, dynamic shared memory in bytes) of the
+/// flash kernel for head size `d`; must match SD, BN and the stage count of kernels/attention.cu.
+fn flash_geometry(d: usize) -> Option<(usize, usize, usize)> {
+    let (stride, bn) = match d {
+        40 => (40, 64),
+        64 => (72, 64),
+        80 => (88, 64),
+        160 => (168, 32),
+        _ => return None,
+    };
+    // One 64-row Q tile and two stages of K and V.
+    Some((stride, bn, (64 + 4 * bn) * stride * 2))
+}
+
 /// Column buffers of im2col are split into chunks of at most this many bytes (the VAE's 512²
 /// convolutions would otherwise need > 1 GB).
 const IM2COL_CHUNK_BYTES: usize = 256 << 20;
@@ -875,7 +889,8 @@ impl CudaStorage {
         }
         let flash = flash_enabled()
             && matches!(dt, DType::F16 | DType::BF16)
-            && matches!(s.head_dim, 40 | 64 | 80 | 160)
+            && flash_geometry(s.head_dim)
+                .is_some_and(|(_, _, smem)| smem <= dev.max_shared_optin())
             && dev.compute_capability().0 >= 8;
         if flash {
             self.flash_attention(k, v, &out, s, scale, causal)?;
@@ -911,17 +926,16 @@ impl CudaStorage {
             o_ts: width,
             scale_log2: scale * std::f32::consts::LOG2_E,
         };
-        // Must match SD and BN of each instantiation in kernels/attention.cu.
-        let (stride, bn) = match s.head_dim {
-            40 => (40, 64),
-            64 => (72, 64),
-            80 => (88, 64),
-            _ => (168, 32),
+        let Some((_, _, smem)) = flash_geometry(s.head_dim) else {
+            return Err(Error::Internal(format!(
+                "flash attention called for head size {}",
+                s.head_dim
+            )));
         };
         let cfg = LaunchConfig {
             grid_dim: (s.q_len.div_ceil(64) as u32, (s.batch * s.heads) as u32, 1),
             block_dim: (128, 1, 1),
-            shared_mem_bytes: ((64 + 2 * bn) * stride * 2) as u32,
+            shared_mem_bytes: smem as u32,
         };
         let (q, kp, vp, o) = (self.ptr(), k.ptr(), v.ptr(), out.ptr());
         let dt = Some(self.dtype);
