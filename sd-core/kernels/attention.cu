@@ -14,7 +14,8 @@
 // Shared-memory rows are D + pad halves with (row words) ≡ 4 (mod 8), which makes the 32-bit
 // fragment loads of 8 rows x 4 lanes bank-conflict free: 40, 72, 88, 168 halves.
 //
-// Needs sm_80+ (bf16 mma.sync); the host uses the GEMM path on older devices.
+// Needs sm_80+ (bf16 mma.sync, cp.async); the host uses the GEMM path on older devices, where
+// this module compiles to empty kernels that are never launched.
 
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
 #define SDRS_HAS_MMA 1

@@ -48,9 +48,13 @@ template <> __device__ __forceinline__ bf16_t from_f32<bf16_t>(float x) {
 // Packs two fp32 values into one 32-bit register of two 16-bit values, `lo` in the low half
 // (the element with the lower index). cvt.rn.*x2.f32 d, a, b puts a in the UPPER half.
 __device__ __forceinline__ u32 pack2(float lo, float hi, f16_t) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     u32 r;
     asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
+#else
+    return (u32)from_f32<f16_t>(lo).bits | ((u32)from_f32<f16_t>(hi).bits << 16);
+#endif
 }
 __device__ __forceinline__ u32 pack2(float lo, float hi, bf16_t) {
     return (u32)from_f32<bf16_t>(lo).bits | ((u32)from_f32<bf16_t>(hi).bits << 16);

@@ -1,4 +1,4 @@
-//! Compiles every CUDA kernel module with NVRTC for sm_80 and sm_90 and checks the `ptxas -v`
+//! Compiles every CUDA kernel module with NVRTC for sm_75/80/89/90 and checks the `ptxas -v`
 //! report: every kernel the backend launches exists, and the hot kernels (attention, im2col,
 //! norms) neither spill registers nor exceed their register budgets.
 //!
@@ -12,7 +12,9 @@ use std::collections::HashMap;
 
 use sd_core::cuda::{KernelModule, compile_module, nvrtc_available, nvrtc_version};
 
-const ARCHES: [&str; 2] = ["sm_80", "sm_90"];
+/// sm_80 (A100) and sm_90 (H100) are the targets; sm_75 (T4; the attention module compiles to
+/// stubs there and is never loaded) and sm_89 (L4, RTX 40) keep the sources portable.
+const ARCHES: [&str; 4] = ["sm_75", "sm_80", "sm_89", "sm_90"];
 
 /// Per-kernel facts parsed from the `ptxas -v` report.
 #[derive(Debug, Default, Clone)]
