@@ -152,13 +152,19 @@ impl Tensor {
         })
     }
 
-    /// The tensor on `device` (a cheap clone when it is already there).
+    /// The tensor on `device` (a cheap clone when it is already there). The dtype is kept, except
+    /// on the CPU, which holds only `f32`.
     pub fn to_device(&self, device: Device) -> Result<Self> {
         if device == self.device() {
             return Ok(self.clone());
         }
         let data = self.to_vec()?;
-        Tensor::from_vec(data, self.shape.clone(), device)
+        let moved = Tensor::from_vec(data, self.shape.clone(), device)?;
+        if device.is_cpu() {
+            Ok(moved)
+        } else {
+            moved.to_dtype(self.dtype())
+        }
     }
 
     /// The tensor converted to `dtype` (round to nearest even; a cheap clone when it already has
