@@ -28,6 +28,8 @@ pub mod cuda {
         CompiledModule, KernelModule, compile_module, compile_options, nvrtc_available,
         nvrtc_version,
     };
-    pub use crate::backend::cuda::{KernelInfo, cuda_available, set_poison_allocations, warm_up};
+    pub use crate::backend::cuda::{
+        KernelInfo, PoolStats, cuda_available, pool_stats, set_poison_allocations, warm_up,
+    };
 }
 pub use tensor::{DType, Device, Shape, Tensor};

@@ -15,20 +15,30 @@
 use sd_core::tensor::{Activation, Conv2dParams};
 use sd_core::{DType, Device, ErrorKind, Tensor};
 
-/// The CUDA device, or `None` (with the reason printed) when there is none.
+/// Held by each GPU test for its whole run: the tests share one device, its pool and its
+/// counters, so they run one at a time whatever `--test-threads` says.
+type Serial = std::sync::MutexGuard<'static, ()>;
+
+/// The CUDA device (and the serialising guard), or `None` (with the reason printed) when there
+/// is none.
 ///
 /// `SDRS_CUDA_TEST_DEVICE=cpu` runs the harness against the CPU itself (f32 only): a dry run that
 /// checks the cases (shapes, closures, comparison) on machines without a GPU.
-fn gpu() -> Option<Device> {
+fn gpu() -> Option<(Device, Serial)> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let serial = || {
+        LOCK.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
     if std::env::var("SDRS_CUDA_TEST_DEVICE").is_ok_and(|v| v == "cpu") {
-        return Some(Device::Cpu);
+        return Some((Device::Cpu, serial()));
     }
     if !sd_core::cuda::cuda_available() {
         eprintln!("skipped: no CUDA driver or device");
         return None;
     }
     sd_core::cuda::set_poison_allocations(true);
-    Some(Device::Cuda(0))
+    Some((Device::Cuda(0), serial()))
 }
 
 /// Relative L2 error bound per dtype.
@@ -152,7 +162,7 @@ macro_rules! cuda_test {
         #[test]
         #[allow(unused_braces)] // the body may itself be a block
         fn $name() -> Result<(), String> {
-            let Some(device) = gpu() else { return Ok(()) };
+            let Some((device, _serial)) = gpu() else { return Ok(()) };
             let shapes: Vec<Vec<usize>> = vec![$($shape.to_vec()),*];
             let op = |$t: &[Tensor]| -> sd_core::Result<Tensor> { $body };
             let tol: fn(DType) -> f64 = $tol;
@@ -442,7 +452,9 @@ fn tiny_models_match_the_cpu() -> Result<(), String> {
     };
     use sd_core::weights::WeightStore;
     use std::sync::Arc;
-    let Some(device) = gpu() else { return Ok(()) };
+    let Some((device, _serial)) = gpu() else {
+        return Ok(());
+    };
     let e = |e: sd_core::Error| e.to_string();
     let store = Arc::new(WeightStore::synthetic(7));
     let (wc, wg) = (store.view(Device::Cpu), store.view(device));
@@ -514,7 +526,7 @@ fn tiny_models_match_the_cpu() -> Result<(), String> {
 /// compile-time check promises.
 #[test]
 fn every_kernel_loads_without_local_memory() -> Result<(), String> {
-    let Some(device) = gpu().filter(|d| !d.is_cpu()) else {
+    let Some((device, _serial)) = gpu().filter(|(d, _)| !d.is_cpu()) else {
         return Ok(());
     };
     let Device::Cuda(ordinal) = device else {
@@ -550,11 +562,48 @@ fn every_kernel_loads_without_local_memory() -> Result<(), String> {
     }
 }
 
+/// The same work repeated reuses pooled buffers: after a warm-up round, a round of ops of the
+/// same shapes needs no new driver allocation.
+#[test]
+fn steady_state_needs_no_allocation() -> Result<(), String> {
+    let Some((Device::Cuda(ordinal), _serial)) = gpu() else {
+        return Ok(());
+    };
+    let e = |e: sd_core::Error| e.to_string();
+    let device = Device::Cuda(ordinal);
+    let x = Tensor::full(0.5, [2, 16, 16, 64], device).map_err(e)?;
+    let w = Tensor::full(0.01, [3, 3, 64, 64], device).map_err(e)?;
+    let g = Tensor::full(1.0, [64], device).map_err(e)?;
+    let round = || -> sd_core::Result<()> {
+        let h = x.group_norm(8, &g, &g, 1e-5, Activation::Silu)?;
+        let h = h.conv2d(&w, Some(&g), Conv2dParams::new(1, 1))?;
+        let t = h.reshape([2, 256, 64])?;
+        let a = Tensor::attention(&t, &t, &t, 2, 0.125, false)?;
+        Tensor::linear_combination(&[(1.0, &a), (0.5, &t)])?
+            .to_vec()
+            .map(|_| ())
+    };
+    round().map_err(e)?;
+    let before = sd_core::cuda::pool_stats(ordinal).map_err(e)?;
+    round().map_err(e)?;
+    let after = sd_core::cuda::pool_stats(ordinal).map_err(e)?;
+    eprintln!("pool before {before:?}, after {after:?}");
+    if after.driver_allocations != before.driver_allocations {
+        return Err(format!(
+            "a steady-state round allocated: {before:?} -> {after:?}"
+        ));
+    }
+    if after.reuses <= before.reuses {
+        return Err("a round served nothing from the pool".into());
+    }
+    Ok(())
+}
+
 // --- conversions and errors ----------------------------------------------------------------------
 
 #[test]
 fn casts_round_to_nearest_even_like_half() -> Result<(), String> {
-    let Some(device) = gpu().filter(|d| !d.is_cpu()) else {
+    let Some((device, _serial)) = gpu().filter(|(d, _)| !d.is_cpu()) else {
         return Ok(());
     };
     let mut rng = Rng::new("casts");
@@ -581,7 +630,7 @@ fn casts_round_to_nearest_even_like_half() -> Result<(), String> {
 
 #[test]
 fn half_bits_upload_matches_values() -> Result<(), String> {
-    let Some(device) = gpu().filter(|d| !d.is_cpu()) else {
+    let Some((device, _serial)) = gpu().filter(|(d, _)| !d.is_cpu()) else {
         return Ok(());
     };
     let values = [0.5f32, -1.25, 3.0, 1024.0];
@@ -597,7 +646,7 @@ fn half_bits_upload_matches_values() -> Result<(), String> {
 
 #[test]
 fn mixed_dtypes_are_an_error_not_a_conversion() -> Result<(), String> {
-    let Some(device) = gpu().filter(|d| !d.is_cpu()) else {
+    let Some((device, _serial)) = gpu().filter(|(d, _)| !d.is_cpu()) else {
         return Ok(());
     };
     let a = Tensor::zeros([4], device).map_err(|e| e.to_string())?;

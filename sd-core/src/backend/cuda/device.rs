@@ -89,6 +89,35 @@ pub struct KernelInfo {
     pub max_threads_per_block: i32,
 }
 
+/// Counters of a device's buffer pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolStats {
+    /// Buffer requests that needed a driver allocation.
+    pub driver_allocations: u64,
+    /// Buffer requests served from the pool's free lists.
+    pub reuses: u64,
+    /// Bytes currently held in the free lists.
+    pub cached_bytes: usize,
+}
+
+/// The buffer-pool counters of CUDA device `ordinal` (opening it if needed). In steady state (the
+/// same shapes every denoising step) `driver_allocations` stops growing.
+///
+/// # Errors
+/// [`Error::DeviceUnavailable`] without a driver or device.
+pub fn pool_stats(ordinal: usize) -> Result<PoolStats> {
+    let dev = CudaDevice::get(ordinal)?;
+    let pool = dev
+        .pool
+        .lock()
+        .map_err(|_| Error::Internal("cuda buffer pool lock poisoned".into()))?;
+    Ok(PoolStats {
+        driver_allocations: pool.driver_allocations,
+        reuses: pool.reuses,
+        cached_bytes: pool.cached_bytes,
+    })
+}
+
 /// Loads every kernel module on CUDA device `ordinal` (compiling it, or reading it from the disk
 /// cache) and reports each kernel's resources. Calling it once before timing or graph capture
 /// keeps compilation and module loading out of both. The attention module is skipped below
@@ -143,6 +172,9 @@ fn size_class(bytes: usize) -> usize {
 struct Pool {
     free: HashMap<usize, Vec<CudaSlice<u8>>>,
     cached_bytes: usize,
+    /// Requests served by a driver allocation / from the free lists.
+    driver_allocations: u64,
+    reuses: u64,
     /// Above this many cached bytes, released buffers are freed instead of kept.
     limit: usize,
 }
@@ -257,6 +289,8 @@ impl CudaDevice {
             pool: Mutex::new(Pool {
                 free: HashMap::new(),
                 cached_bytes: 0,
+                driver_allocations: 0,
+                reuses: 0,
                 // Keep at most half the device's memory cached in free buffers.
                 limit: (total / 2).max(256 << 20),
             }),
@@ -298,6 +332,9 @@ impl CudaDevice {
             let slice = pool.free.get_mut(&class).and_then(Vec::pop);
             if slice.is_some() {
                 pool.cached_bytes -= class;
+                pool.reuses += 1;
+            } else {
+                pool.driver_allocations += 1;
             }
             slice
         };

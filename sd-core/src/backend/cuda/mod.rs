@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaView, CudaViewMut};
 
-pub use device::{KernelInfo, cuda_available, set_poison_allocations, warm_up};
+pub use device::{
+    KernelInfo, PoolStats, cuda_available, pool_stats, set_poison_allocations, warm_up,
+};
 pub use error::CudaError;
 
 use crate::error::{Error, Result};
