@@ -293,7 +293,7 @@ cuda_test!(layer_norm, [[2, 77, 45], [45], [45]], ALL, |t| t[0]
 cuda_test!(softmax_short_rows, [[5, 77]], ALL, |t| t[0]
     .softmax_last_dim());
 cuda_test!(softmax_long_rows, [[3, 1100]], ALL, |t| t[0]
-    .scale(3.0)?
+    .scale(2.0)?
     .softmax_last_dim());
 
 // --- attention -----------------------------------------------------------------------------------
@@ -372,7 +372,8 @@ attention_test!(
     causal = false,
     gain = 1.0
 );
-// Scores scaled up (large exponents, near one-hot rows).
+// Scores scaled up (large exponents, near one-hot rows). Gains and scales in these tests are
+// powers of two, so scaling an f16/bf16 input on the GPU is exact, as it is on the CPU.
 attention_test!(
     attention_d40_sharp,
     b = 1,
@@ -381,7 +382,7 @@ attention_test!(
     heads = 2,
     d = 40,
     causal = false,
-    gain = 6.0
+    gain = 4.0
 );
 // A head size with no flash kernel (the GEMM path in every dtype), like the VAE's single head.
 attention_test!(
