@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+pub use crate::backend::cuda::CudaError;
 use crate::tensor::{DType, Shape};
 
 /// What kind of failure an [`Error`] is, for bindings and for callers that branch on the cause.
@@ -173,6 +174,10 @@ pub enum Error {
         reason: String,
     },
 
+    /// A CUDA driver, compiler or library call failed (see [`CudaError`]).
+    #[error(transparent)]
+    Cuda(#[from] CudaError),
+
     // === Arguments ===
     /// A caller-supplied argument is invalid.
     #[error("invalid argument `{name}`: {reason}")]
@@ -216,7 +221,9 @@ impl Error {
             | Error::InvalidConfig { .. } => ErrorKind::InvalidModel,
             Error::ShapeMismatch { .. } | Error::InvalidShape { .. } => ErrorKind::ShapeMismatch,
             Error::UnsupportedDType { .. } | Error::Unsupported(_) => ErrorKind::Unsupported,
-            Error::DeviceMismatch { .. } | Error::DeviceUnavailable { .. } => ErrorKind::Device,
+            Error::DeviceMismatch { .. } | Error::DeviceUnavailable { .. } | Error::Cuda(_) => {
+                ErrorKind::Device
+            }
             Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
             Error::Cancelled { .. } => ErrorKind::Cancelled,
             Error::Internal(_) => ErrorKind::Internal,

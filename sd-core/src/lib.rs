@@ -22,4 +22,17 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use error::{Error, ErrorKind, Result};
+
+/// The CUDA backend's public hooks (built with the `cuda` feature): availability, the kernel
+/// modules and their NVRTC compilation (usable without a GPU, for CI), and test switches.
+#[cfg(feature = "cuda")]
+pub mod cuda {
+    pub use crate::backend::cuda::compile::{
+        CompiledModule, KernelModule, compile_module, compile_options, nvrtc_available,
+        nvrtc_version,
+    };
+    pub use crate::backend::cuda::{
+        KernelInfo, PoolStats, cuda_available, pool_stats, set_poison_allocations, warm_up,
+    };
+}
 pub use tensor::{DType, Device, Shape, Tensor};

@@ -6,6 +6,9 @@
 //! arms of every match are statically unreachable and creating a CUDA tensor is a clear error.
 
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
+#[cfg(not(feature = "cuda"))]
 #[path = "cuda_stub.rs"]
 pub(crate) mod cuda;
 

@@ -152,13 +152,84 @@ impl Tensor {
         })
     }
 
-    /// The tensor on `device` (a cheap clone when it is already there).
+    /// The tensor on `device` (a cheap clone when it is already there). The dtype is kept, except
+    /// on the CPU, which holds only `f32`.
     pub fn to_device(&self, device: Device) -> Result<Self> {
         if device == self.device() {
             return Ok(self.clone());
         }
         let data = self.to_vec()?;
-        Tensor::from_vec(data, self.shape.clone(), device)
+        let moved = Tensor::from_vec(data, self.shape.clone(), device)?;
+        if device.is_cpu() {
+            Ok(moved)
+        } else {
+            moved.to_dtype(self.dtype())
+        }
+    }
+
+    /// The tensor converted to `dtype` (round to nearest even; a cheap clone when it already has
+    /// it). CPU tensors are always `f32`.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedDType`] for `f16`/`bf16` on the CPU; a device error on CUDA.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        if dtype == self.dtype() {
+            return Ok(self.clone());
+        }
+        match self.storage() {
+            Storage::Cpu(_) => Err(Error::UnsupportedDType {
+                op: "to_dtype",
+                dtype,
+                device: self.device().to_string(),
+            }),
+            Storage::Cuda(c) => Ok(Tensor::from_storage(
+                Storage::Cuda(c.to_dtype(dtype)?),
+                self.shape.clone(),
+            )),
+        }
+    }
+
+    /// A tensor from raw `f16` or `bf16` bit patterns (as stored in safetensors files), on
+    /// `device` in that dtype. On the CPU the values are widened to `f32`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidShape`] when the count does not match the shape,
+    /// [`Error::UnsupportedDType`] for `dtype` = `f32`, or a device error.
+    pub fn from_half_bits(
+        bits: &[u16],
+        dtype: DType,
+        shape: impl Into<Shape>,
+        device: Device,
+    ) -> Result<Self> {
+        let shape = shape.into();
+        if shape.elem_count() != bits.len() {
+            return Err(Error::InvalidShape {
+                op: "from_half_bits",
+                shape,
+                reason: format!("{} values given", bits.len()),
+            });
+        }
+        let widen = |b: &u16| match dtype {
+            DType::BF16 => half::bf16::from_bits(*b).to_f32(),
+            _ => half::f16::from_bits(*b).to_f32(),
+        };
+        match (dtype, device) {
+            (DType::F32, _) => Err(Error::UnsupportedDType {
+                op: "from_half_bits",
+                dtype,
+                device: device.to_string(),
+            }),
+            (_, Device::Cpu) => Ok(Tensor::from_storage(
+                Storage::Cpu(bits.iter().map(widen).collect()),
+                shape,
+            )),
+            (_, Device::Cuda(ordinal)) => Ok(Tensor::from_storage(
+                Storage::Cuda(crate::backend::cuda::CudaStorage::from_half_bits(
+                    bits, dtype, ordinal,
+                )?),
+                shape,
+            )),
+        }
     }
 
     /// Largest absolute difference between two tensors of the same shape (a test helper).

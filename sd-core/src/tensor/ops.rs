@@ -6,6 +6,7 @@
 use super::{Shape, Tensor};
 use crate::backend::Storage;
 use crate::backend::cpu::{attention, conv, elementwise, layout, norm};
+use crate::backend::cuda::CudaStorage;
 use crate::error::{Error, Result};
 
 /// Element-wise activation functions.
@@ -54,8 +55,24 @@ impl Conv2dParams {
 fn cpu(t: &Tensor) -> &[f32] {
     match t.storage() {
         Storage::Cpu(v) => v,
-        Storage::Cuda(c) => match *c {},
+        // Every op checks that its operands share a device before calling this.
+        #[allow(unreachable_patterns)]
+        Storage::Cuda(_) => unreachable!("CPU op given a CUDA operand after the device check"),
     }
+}
+
+/// Borrows the device storage of a CUDA tensor (the CUDA arm of an op, after the device check).
+fn cuda(t: &Tensor) -> Result<&CudaStorage> {
+    match t.storage() {
+        Storage::Cuda(c) => Ok(c),
+        Storage::Cpu(_) => Err(Error::Internal(
+            "CUDA op given a CPU operand after the device check".into(),
+        )),
+    }
+}
+
+fn cuda_tensor(storage: CudaStorage, shape: impl Into<Shape>) -> Tensor {
+    Tensor::from_storage(Storage::Cuda(storage), shape.into())
 }
 
 fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
@@ -85,7 +102,7 @@ impl Tensor {
                 elementwise::activation_inplace(&mut out, act);
                 Ok(cpu_tensor(out, self.shape.clone()))
             }
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(x) => Ok(cuda_tensor(x.activate(act)?, self.shape.clone())),
         }
     }
 
@@ -107,7 +124,7 @@ impl Tensor {
                 elementwise::map_inplace(&mut out, f32::exp);
                 Ok(cpu_tensor(out, self.shape.clone()))
             }
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(x) => Ok(cuda_tensor(x.exp()?, self.shape.clone())),
         }
     }
 
@@ -119,7 +136,7 @@ impl Tensor {
                 elementwise::map_inplace(&mut out, |v| v * mul + add);
                 Ok(cpu_tensor(out, self.shape.clone()))
             }
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(x) => Ok(cuda_tensor(x.affine(mul, add)?, self.shape.clone())),
         }
     }
 
@@ -136,7 +153,7 @@ impl Tensor {
                 elementwise::map_inplace(&mut out, |v| v.clamp(min, max));
                 Ok(cpu_tensor(out, self.shape.clone()))
             }
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(x) => Ok(cuda_tensor(x.clamp(min, max)?, self.shape.clone())),
         }
     }
 
@@ -156,7 +173,10 @@ impl Tensor {
                     elementwise::binary(op, a, self.dims(), cpu(other), other.dims(), &out_shape);
                 Ok(cpu_tensor(out, out_shape))
             }
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(a) => Ok(cuda_tensor(
+                a.binary(self.dims(), cuda(other)?, other.dims(), &out_shape, op)?,
+                out_shape,
+            )),
         }
     }
 
@@ -209,7 +229,16 @@ impl Tensor {
                 }
                 Ok(cpu_tensor(out, first.shape.clone()))
             }
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(x) => {
+                let cuda_terms = terms
+                    .iter()
+                    .map(|&(coef, t)| Ok((coef, cuda(t)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(cuda_tensor(
+                    x.linear_combination(&cuda_terms)?,
+                    first.shape.clone(),
+                ))
+            }
         }
     }
 
@@ -230,7 +259,10 @@ impl Tensor {
         }
         match self.storage() {
             Storage::Cpu(x) => Ok(cpu_tensor(elementwise::geglu(x, last), dims)),
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(x) => {
+                let rows = self.elem_count() / last;
+                Ok(cuda_tensor(x.geglu(rows, last / 2)?, dims))
+            }
         }
     }
 
@@ -283,7 +315,13 @@ impl Tensor {
                 );
                 Ok(cpu_tensor(out, dims))
             }
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(x) => {
+                let bias = bias.map(cuda).transpose()?;
+                Ok(cuda_tensor(
+                    x.linear(cuda(weight)?, bias, rows, in_f, out_f)?,
+                    dims,
+                ))
+            }
         }
     }
 
@@ -330,7 +368,10 @@ impl Tensor {
                 }
                 Ok(cpu_tensor(out, dims))
             }
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(a) => Ok(cuda_tensor(
+                a.matmul(cuda(rhs)?, batch, m, k, n, shared_rhs)?,
+                dims,
+            )),
         }
     }
 
@@ -400,7 +441,10 @@ impl Tensor {
                 let out = conv::conv2d_nhwc(x, cpu(weight), bias.map(cpu), g);
                 Ok(cpu_tensor(out, dims))
             }
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(x) => {
+                let bias = bias.map(cuda).transpose()?;
+                Ok(cuda_tensor(x.conv2d(cuda(weight)?, bias, g)?, dims))
+            }
         }
     }
 
@@ -458,7 +502,10 @@ impl Tensor {
                 );
                 Ok(cpu_tensor(out, self.shape.clone()))
             }
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(x) => Ok(cuda_tensor(
+                x.group_norm(b, spatial, c, groups, cuda(gamma)?, cuda(beta)?, eps, act)?,
+                self.shape.clone(),
+            )),
         }
     }
 
@@ -480,7 +527,10 @@ impl Tensor {
                 norm::layer_norm(x, width, cpu(gamma), cpu(beta), eps),
                 self.shape.clone(),
             )),
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(x) => Ok(cuda_tensor(
+                x.layer_norm(width, cuda(gamma)?, cuda(beta)?, eps)?,
+                self.shape.clone(),
+            )),
         }
     }
 
@@ -493,7 +543,7 @@ impl Tensor {
                 attention::softmax_rows_scaled(&mut out, width.max(1), 1.0);
                 Ok(cpu_tensor(out, self.shape.clone()))
             }
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(x) => Ok(cuda_tensor(x.softmax_last_dim(width)?, self.shape.clone())),
         }
     }
 
@@ -548,7 +598,10 @@ impl Tensor {
                 attention::attention(qd, cpu(k), cpu(v), shape, scale, causal),
                 q.shape.clone(),
             )),
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(x) => Ok(cuda_tensor(
+                x.attention(cuda(k)?, cuda(v)?, shape, scale, causal)?,
+                q.shape.clone(),
+            )),
         }
     }
 
@@ -571,7 +624,7 @@ impl Tensor {
         let dims: Vec<usize> = perm.iter().map(|&p| self.dims()[p]).collect();
         match self.storage() {
             Storage::Cpu(x) => Ok(cpu_tensor(layout::permute(x, self.dims(), perm), dims)),
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(x) => Ok(cuda_tensor(x.permute(self.dims(), perm)?, dims)),
         }
     }
 
@@ -607,7 +660,7 @@ impl Tensor {
                 layout::narrow(x, self.dims(), dim, start, len),
                 dims,
             )),
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(x) => Ok(cuda_tensor(x.narrow(self.dims(), dim, start, len)?, dims)),
         }
     }
 
@@ -663,7 +716,13 @@ impl Tensor {
                     tensors.iter().map(|t| (cpu(t), t.dims())).collect();
                 Ok(cpu_tensor(layout::cat(&parts, dim), dims))
             }
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(x) => {
+                let parts = tensors
+                    .iter()
+                    .map(|t| Ok((cuda(t)?, t.dims())))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(cuda_tensor(x.cat(&parts, dim)?, dims))
+            }
         }
     }
 
@@ -681,7 +740,10 @@ impl Tensor {
                 layout::upsample_nearest2x_nhwc(x, b, h, w, c),
                 [b, 2 * h, 2 * w, c],
             )),
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(x) => Ok(cuda_tensor(
+                x.upsample_nearest([b, h, w, c], 2 * h, 2 * w)?,
+                [b, 2 * h, 2 * w, c],
+            )),
         }
     }
 
@@ -703,7 +765,10 @@ impl Tensor {
                 layout::upsample_nearest_nhwc(x, [b, h, w, c], out_h, out_w),
                 [b, out_h, out_w, c],
             )),
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(x) => Ok(cuda_tensor(
+                x.upsample_nearest([b, h, w, c], out_h, out_w)?,
+                [b, out_h, out_w, c],
+            )),
         }
     }
 
@@ -722,7 +787,7 @@ impl Tensor {
                 layout::gather_rows(x, width, ids),
                 [ids.len(), width],
             )),
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(x) => Ok(cuda_tensor(x.gather_rows(width, ids)?, [ids.len(), width])),
         }
     }
 }
