@@ -120,19 +120,9 @@ fn ckpt_and_safetensors_generate_bitwise_identical_latents() -> Result<()> {
     Ok(())
 }
 
-/// `target/<profile>/examples/txt2img`, which `cargo test` builds beside the test binaries.
+/// The txt2img example.
 fn txt2img() -> std::process::Command {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir
-        .join("examples")
-        .join(format!("txt2img{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} not built (cargo test builds examples)",
-        bin.display()
-    );
-    std::process::Command::new(bin)
+    common::example("txt2img")
 }
 
 #[test]

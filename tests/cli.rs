@@ -12,25 +12,13 @@ use sd_core::image;
 use sd_core::weights::{SafetensorsFile, TensorSource, WriteDType, write_safetensors};
 use sd_core::{Device, Tensor};
 
-/// `target/<profile>/examples/txt2img`, which `cargo test` builds beside the test binaries.
+/// The txt2img example.
 fn txt2img() -> Command {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin: PathBuf = dir
-        .join("examples")
-        .join(format!("txt2img{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} not built (cargo test builds examples)",
-        bin.display()
-    );
-    Command::new(bin)
+    common::example("txt2img")
 }
 
 fn tempdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sdrs-cli-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+    common::tempdir(&format!("cli-{tag}"))
 }
 
 #[test]

@@ -12,25 +12,13 @@ use std::process::{Command, Output};
 use common::fixture;
 use safetensors::{Dtype, SafeTensors};
 
-/// `target/<profile>/examples/convert`, which `cargo test` builds beside the test binaries.
+/// The convert example.
 fn convert() -> Command {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin: PathBuf = dir
-        .join("examples")
-        .join(format!("convert{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} not built (cargo test builds examples)",
-        bin.display()
-    );
-    Command::new(bin)
+    common::example("convert")
 }
 
 fn tempdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sdrs-convert-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+    common::tempdir(&format!("convert-{tag}"))
 }
 
 fn run(args: &[&str]) -> Output {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use safetensors::SafeTensors;
 use sd_core::{Device, Tensor};
@@ -123,4 +124,27 @@ pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
         err <= tol,
         "{what}: relative error {err:.3e} exceeds {tol:.0e}"
     );
+}
+
+/// A command running the example `name` (`target/<profile>/examples/<name>`), which `cargo test`
+/// builds beside the test binaries.
+pub fn example(name: &str) -> Command {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} not built (cargo test builds examples)",
+        bin.display()
+    );
+    Command::new(bin)
+}
+
+/// A fresh directory under the system temp dir for one test, named after `tag`.
+pub fn tempdir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sdrs-test-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
 }

@@ -87,15 +87,21 @@ pub trait Scheduler: Send {
     fn timesteps(&self) -> &[f64];
 
     /// The standard deviation of the initial noise: pure `N(0, 1)` latents are multiplied by it
-    /// before the first step.
-    fn init_noise_sigma(&self) -> f64;
+    /// before the first step. 1 for the samplers that work in the variance-preserving
+    /// parameterisation (DDIM, PLMS, DPM-Solver), the default here.
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
 
-    /// Scales the sample into the model's input at `step_index` (identity for DDIM, PLMS and
-    /// DPM-Solver; `x / sqrt(σ² + 1)` for the Euler and LMS samplers).
+    /// Scales the sample into the model's input at `step_index`: the identity by default (DDIM,
+    /// PLMS, DPM-Solver); `x / sqrt(σ² + 1)` for the Euler and LMS samplers, which override it.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when `step_index` is out of range.
-    fn scale_model_input(&self, sample: &Tensor, step_index: usize) -> Result<Tensor>;
+    fn scale_model_input(&self, sample: &Tensor, step_index: usize) -> Result<Tensor> {
+        schedule::check_index(step_index, self.timesteps().len())?;
+        Ok(sample.clone())
+    }
 
     /// Whether [`Scheduler::step`] needs a fresh `N(0, 1)` tensor of the sample's shape at every
     /// step (ancestral samplers).
