@@ -31,10 +31,7 @@ fn generate() -> Result<String, Box<dyn std::error::Error>> {
 fn first_difference(a: &str, b: &str) -> String {
     for (i, (la, lb)) in a.lines().zip(b.lines()).enumerate() {
         if la != lb {
-            return format!(
-                "line {}:\n  committed: {la}\n  generated: {lb}",
-                i + 1
-            );
+            return format!("line {}:\n  committed: {la}\n  generated: {lb}", i + 1);
         }
     }
     format!(
