@@ -37,7 +37,8 @@ pub(crate) fn attention(
         .clamp(1, 256)
         .min(s.q_len.max(1));
     let blocks_per_batch = s.q_len.div_ceil(block);
-    let mut out = vec![0.0f32; s.batch * s.q_len * width];
+    // Every (row, head) block is written by its PV product.
+    let mut out = super::pool::take(s.batch * s.q_len * width);
     let items = s.batch * blocks_per_batch;
     let gemm_threads = if items >= 2 * super::num_threads() {
         Threads::Single

@@ -57,7 +57,8 @@ pub(crate) fn conv2d_nhwc(
     let rows = g.batch * oh * ow;
     let k = g.kh * g.kw * g.c_in;
     let n = g.c_out;
-    let mut out = vec![0.0f32; rows * n];
+    // Fully written: bias rows then accumulated products, or products.
+    let mut out = super::pool::take(rows * n);
     if let Some(bias) = bias {
         out.par_chunks_mut(n)
             .for_each(|row| row.copy_from_slice(bias));

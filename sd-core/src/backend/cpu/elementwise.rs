@@ -136,7 +136,7 @@ pub(crate) fn binary(
 ) -> Vec<f32> {
     let n: usize = out_shape.iter().product();
     if a_shape == b_shape {
-        let mut out = a.to_vec();
+        let mut out = super::pool::copy_of(a);
         if n < PAR_THRESHOLD {
             out.iter_mut()
                 .zip(b)
@@ -155,7 +155,7 @@ pub(crate) fn binary(
     // Fast path: b repeats along the leading dims of a (bias-like, e.g. [C] onto [B, H, W, C]).
     let b_len = b.len();
     if a_shape == out_shape && b_len > 0 && out_shape.ends_with(trim_leading_ones(b_shape)) {
-        let mut out = a.to_vec();
+        let mut out = super::pool::copy_of(a);
         let rows = |o: &mut [f32]| {
             for row in o.chunks_mut(b_len) {
                 row.iter_mut()
@@ -204,7 +204,7 @@ fn trim_leading_ones(shape: &[usize]) -> &[usize] {
 pub(crate) fn geglu(x: &[f32], last: usize) -> Vec<f32> {
     let half = last / 2;
     let rows = x.len() / last.max(1);
-    let mut out = vec![0.0; rows * half];
+    let mut out = super::pool::take(rows * half);
     let work = |(row_out, row_in): (&mut [f32], &[f32])| {
         let (a, gate) = row_in.split_at(half);
         for ((o, &av), &g) in row_out.iter_mut().zip(a).zip(gate) {

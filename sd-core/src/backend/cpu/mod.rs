@@ -12,6 +12,7 @@ pub(crate) mod elementwise;
 pub(crate) mod gemm;
 pub(crate) mod layout;
 pub(crate) mod norm;
+pub(crate) mod pool;
 pub(crate) mod simd;
 pub(crate) mod winograd;
 

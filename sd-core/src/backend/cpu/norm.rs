@@ -27,7 +27,7 @@ pub(crate) fn group_norm_nhwc(
     act: Activation,
 ) -> Vec<f32> {
     let per_group = channels / groups;
-    let mut out = vec![0.0; x.len()];
+    let mut out = super::pool::take(x.len());
     let plane = spatial * channels;
     for b in 0..batch {
         let xb = &x[b * plane..(b + 1) * plane];
@@ -90,7 +90,7 @@ pub(crate) fn layer_norm(
     beta: &[f32],
     eps: f64,
 ) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
+    let mut out = super::pool::take(x.len());
     let work = |(o, xi): (&mut [f32], &[f32])| {
         let mean = xi.iter().map(|&v| f64::from(v)).sum::<f64>() / width as f64;
         let var = xi

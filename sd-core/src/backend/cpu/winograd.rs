@@ -51,7 +51,7 @@ pub(crate) fn pays(g: &ConvGeometry) -> bool {
 /// `c_in x c_out` matrix at `e·c_in·c_out`.
 fn transform_weight(weight: &[f32], c_in: usize, c_out: usize) -> Vec<f32> {
     let plane = c_in * c_out;
-    let mut u = vec![0.0f32; 16 * plane];
+    let mut u = super::pool::take(16 * plane);
     // Row i of G g gives products 4i .. 4i + 4, a contiguous quarter of U.
     u.par_chunks_mut(4 * plane)
         .enumerate()
@@ -109,7 +109,8 @@ pub(crate) fn conv3x3(
     let (h, w, c_in, c_out) = (g.in_h, g.in_w, g.c_in, g.c_out);
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     let tile_rows = g.batch * th;
-    let mut out = vec![0.0f32; g.batch * h * w * c_out];
+    // Every output pixel is written by the output transform.
+    let mut out = super::pool::take(g.batch * h * w * c_out);
     if out.is_empty() {
         return out;
     }
