@@ -51,7 +51,14 @@ pub(crate) fn activate(act: Activation, x: f32) -> f32 {
 pub(crate) fn activation_inplace(data: &mut [f32], act: Activation) {
     match act {
         Activation::Identity => {}
-        Activation::Silu => map_inplace(data, silu),
+        Activation::Silu => {
+            if data.len() < PAR_THRESHOLD {
+                super::simd::silu_inplace(data);
+            } else {
+                data.par_chunks_mut(CHUNK)
+                    .for_each(super::simd::silu_inplace);
+            }
+        }
         Activation::Gelu => map_inplace(data, gelu),
         Activation::QuickGelu => map_inplace(data, quick_gelu),
     }
