@@ -188,6 +188,7 @@ fn input_transform(x: &[f32], g: &ConvGeometry, r0: usize, r1: usize, v: &mut [f
     let (h, w, c) = (g.in_h, g.in_w, g.c_in);
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     let tiles = (r1 - r0) * tw;
+    let avx2 = super::simd::has_avx2_fma();
     vectorized(|| {
         for r in r0..r1 {
             let (b, ty) = (r / th, r % th);
@@ -203,6 +204,12 @@ fn input_transform(x: &[f32], g: &ConvGeometry, r0: usize, r1: usize, v: &mut [f
                     }
                 }
                 let mut c0 = 0;
+                #[cfg(target_arch = "x86_64")]
+                if avx2 {
+                    // SAFETY: AVX2 and FMA support was checked at run time (`avx2`).
+                    unsafe { avx2::input_tile(x, &src, c, v, tiles, t) };
+                    c0 = c - c % 8;
+                }
                 while c0 < c {
                     let cw = CB.min(c - c0);
                     let mut d = [[0.0f32; CB]; 16];
@@ -290,12 +297,24 @@ fn output_transform(
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     let row0 = (r0 / th) * h + 2 * (r0 % th);
     let tiles = (r1 - r0) * tw;
+    let avx2 = super::simd::has_avx2_fma();
     vectorized(|| {
         for r in r0..r1 {
             let (b, ty) = (r / th, r % th);
             for tx in 0..tw {
                 let t = (r - r0) * tw + tx;
                 let mut c0 = 0;
+                #[cfg(target_arch = "x86_64")]
+                if avx2 {
+                    let out_px = |i: usize| {
+                        let (oy, ox) = (2 * ty + i / 2, 2 * tx + i % 2);
+                        (oy < h && ox < w).then(|| (((b * h + oy) - row0) * w + ox) * c)
+                    };
+                    let dst = [out_px(0), out_px(1), out_px(2), out_px(3)];
+                    // SAFETY: AVX2 and FMA support was checked at run time (`avx2`).
+                    unsafe { avx2::output_tile(m, bias, c, tiles, t, &dst, out) };
+                    c0 = c - c % 8;
+                }
                 while c0 < c {
                     let cw = CB.min(c - c0);
                     let mut s = [[0.0f32; CB]; 16];
@@ -349,6 +368,126 @@ fn inverse_patch(m: &[[f32; CB]; 16], bias: &[f32; CB]) -> [[f32; CB]; 4] {
         }
     }
     y
+}
+
+/// The transforms for whole groups of 8 channels with AVX2 (the generic loops above handle the
+/// remaining channels and processors without AVX2).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Loads 8 values at `s[off..]`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn ld(s: &[f32], off: usize) -> __m256 {
+        let s = &s[off..off + 8];
+        // SAFETY: `s` holds exactly 8 f32 values; unaligned loads are allowed.
+        unsafe { _mm256_loadu_ps(s.as_ptr()) }
+    }
+
+    /// Stores 8 values at `d[off..]`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn st(d: &mut [f32], off: usize, v: __m256) {
+        let d = &mut d[off..off + 8];
+        // SAFETY: `d` holds exactly 8 f32 values; unaligned stores are allowed.
+        unsafe { _mm256_storeu_ps(d.as_mut_ptr(), v) }
+    }
+
+    /// `Bᵀ d B` of tile `t` for channels `0 .. c - c % 8`, written into `v` (`[16][tiles][c]`).
+    /// `src` holds the offsets in `x` of the 16 patch pixels (`None`: padding).
+    ///
+    /// # Safety
+    /// The processor must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn input_tile(
+        x: &[f32],
+        src: &[Option<usize>; 16],
+        c: usize,
+        v: &mut [f32],
+        tiles: usize,
+        t: usize,
+    ) {
+        let zero = _mm256_setzero_ps();
+        let mut c0 = 0;
+        while c0 + 8 <= c {
+            let d: [__m256; 16] = std::array::from_fn(|i| match src[i] {
+                Some(off) => ld(x, off + c0),
+                None => zero,
+            });
+            // Columns: rows of Bᵀ applied down each column.
+            let mut tt = [zero; 16];
+            for col in 0..4 {
+                let (d0, d1, d2, d3) = (d[col], d[4 + col], d[8 + col], d[12 + col]);
+                tt[col] = _mm256_sub_ps(d0, d2);
+                tt[4 + col] = _mm256_add_ps(d1, d2);
+                tt[8 + col] = _mm256_sub_ps(d2, d1);
+                tt[12 + col] = _mm256_sub_ps(d1, d3);
+            }
+            for row in 0..4 {
+                let (t0, t1, t2, t3) = (
+                    tt[4 * row],
+                    tt[4 * row + 1],
+                    tt[4 * row + 2],
+                    tt[4 * row + 3],
+                );
+                let outs = [
+                    _mm256_sub_ps(t0, t2),
+                    _mm256_add_ps(t1, t2),
+                    _mm256_sub_ps(t2, t1),
+                    _mm256_sub_ps(t1, t3),
+                ];
+                for (j, o) in outs.into_iter().enumerate() {
+                    st(v, ((4 * row + j) * tiles + t) * c + c0, o);
+                }
+            }
+            c0 += 8;
+        }
+    }
+
+    /// `Aᵀ m A + bias` of tile `t` for channels `0 .. c - c % 8`, reading `m` (`[16][tiles][c]`)
+    /// and writing the 2x2 pixels at the offsets `dst` of `out` (`None`: outside the image).
+    ///
+    /// # Safety
+    /// The processor must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn output_tile(
+        m: &[f32],
+        bias: Option<&[f32]>,
+        c: usize,
+        tiles: usize,
+        t: usize,
+        dst: &[Option<usize>; 4],
+        out: &mut [f32],
+    ) {
+        let mut c0 = 0;
+        while c0 + 8 <= c {
+            let mm: [__m256; 16] = std::array::from_fn(|e| ld(m, (e * tiles + t) * c + c0));
+            let b = match bias {
+                Some(b) => ld(b, c0),
+                None => _mm256_setzero_ps(),
+            };
+            // Columns: s0 = m0 + m1 + m2, s1 = m1 - m2 - m3.
+            let mut s = [_mm256_setzero_ps(); 8];
+            for col in 0..4 {
+                let (m0, m1, m2, m3) = (mm[col], mm[4 + col], mm[8 + col], mm[12 + col]);
+                s[col] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
+                s[4 + col] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
+            }
+            for row in 0..2 {
+                let (s0, s1, s2, s3) = (s[4 * row], s[4 * row + 1], s[4 * row + 2], s[4 * row + 3]);
+                let y0 = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(s0, s1), s2), b);
+                let y1 = _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(s1, s2), s3), b);
+                if let Some(off) = dst[2 * row] {
+                    st(out, off + c0, y0);
+                }
+                if let Some(off) = dst[2 * row + 1] {
+                    st(out, off + c0, y1);
+                }
+            }
+            c0 += 8;
+        }
+    }
 }
 
 #[cfg(test)]
