@@ -12,8 +12,8 @@
 
 pub(crate) mod backend;
 pub mod error;
-pub mod image;
 pub mod models;
+pub mod image;
 pub mod tensor;
 pub mod weights;
 

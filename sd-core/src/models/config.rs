@@ -221,11 +221,7 @@ impl UNetConfig {
             flip_sin_to_cos: r.bool_or("flip_sin_to_cos", d.flip_sin_to_cos)?,
             freq_shift: r.f64_or("freq_shift", d.freq_shift)?,
             sample_size: match r.json.get("sample_size") {
-                Some(Value::Array(_)) => r
-                    .usize_list_or("sample_size", &[])?
-                    .first()
-                    .copied()
-                    .unwrap_or(d.sample_size),
+                Some(Value::Array(_)) => r.usize_list_or("sample_size", &[])?.first().copied().unwrap_or(d.sample_size),
                 _ => r.usize_or("sample_size", d.sample_size)?,
             },
             block_out_channels,
