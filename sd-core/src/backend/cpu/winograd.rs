@@ -21,6 +21,8 @@ use super::simd::vectorized;
 
 /// Per-block buffer budget for the transformed input and the products, in `f32` elements (8 MiB).
 const BLOCK_BUDGET: usize = 1 << 21;
+/// Largest transformed weight built at once, in `f32` elements (16 MiB).
+const U_BUDGET: usize = 1 << 22;
 /// Block budget when blocks run one at a time, each product on every thread (32 MiB).
 const SHARED_BLOCK_BUDGET: usize = 1 << 23;
 /// Fewest tiles per thread for blocks to run in parallel with single-threaded products.
@@ -47,10 +49,15 @@ pub(crate) fn pays(g: &ConvGeometry) -> bool {
     tiles >= 96 && g.c_in >= 8 && g.c_out >= 8
 }
 
-/// The transformed weight `U`, laid out `[16][c_in][c_out]`: product `e` reads the row-major
-/// `c_in x c_out` matrix at `e·c_in·c_out`.
-fn transform_weight(weight: &[f32], c_in: usize, c_out: usize) -> Vec<f32> {
-    let plane = c_in * c_out;
+/// The transformed weight `U` for output channels `co0 .. co0 + cw`, laid out `[16][c_in][cw]`:
+/// product `e` reads the row-major `c_in x cw` matrix at `e·c_in·cw`.
+fn transform_weight(
+    weight: &[f32],
+    c_in: usize,
+    c_out: usize,
+    (co0, cw): (usize, usize),
+) -> Vec<f32> {
+    let plane = c_in * cw;
     let mut u = super::pool::take(16 * plane);
     // Row i of G g gives products 4i .. 4i + 4, a contiguous quarter of U.
     u.par_chunks_mut(4 * plane)
@@ -61,12 +68,12 @@ fn transform_weight(weight: &[f32], c_in: usize, c_out: usize) -> Vec<f32> {
                 let (p1, rest) = rest.split_at_mut(plane);
                 let (p2, p3) = rest.split_at_mut(plane);
                 for ci in 0..c_in {
-                    // Tap (ky, kx) of input channel ci: a row of c_out weights.
+                    // Tap (ky, kx) of input channel ci: a row of cw weights.
                     let tap = |ky: usize, kx: usize| {
-                        let off = ((ky * 3 + kx) * c_in + ci) * c_out;
-                        &weight[off..off + c_out]
+                        let off = ((ky * 3 + kx) * c_in + ci) * c_out + co0;
+                        &weight[off..off + cw]
                     };
-                    let row = ci * c_out..(ci + 1) * c_out;
+                    let row = ci * cw..(ci + 1) * cw;
                     let (o0, o1, o2, o3) = (
                         &mut p0[row.clone()],
                         &mut p1[row.clone()],
@@ -76,7 +83,7 @@ fn transform_weight(weight: &[f32], c_in: usize, c_out: usize) -> Vec<f32> {
                     let (a0, a1, a2) = (tap(0, 0), tap(0, 1), tap(0, 2));
                     let (b0, b1, b2) = (tap(1, 0), tap(1, 1), tap(1, 2));
                     let (c0, c1, c2) = (tap(2, 0), tap(2, 1), tap(2, 2));
-                    for co in 0..c_out {
+                    for co in 0..cw {
                         // Row i of G g, one value per kernel column kx.
                         let gg = |g0: f32, g1: f32, g2: f32| match i {
                             0 => g0,
@@ -114,16 +121,22 @@ pub(crate) fn conv3x3(
     if out.is_empty() {
         return out;
     }
-    let u = transform_weight(weight, c_in, c_out);
+    // Output channels per pass: all of them, unless the transformed weight would exceed
+    // U_BUDGET (the 1280-channel layers); then chunks whose products keep >= 128 columns.
+    let co_chunk = if 16 * c_in * c_out <= U_BUDGET {
+        c_out
+    } else {
+        (U_BUDGET / (16 * c_in)).max(128) / 16 * 16
+    };
 
     // Blocks of whole tile rows. With enough tiles, blocks run in parallel, one single-threaded
     // product per block and thread, sized to BLOCK_BUDGET and to keep every thread busy. With few
     // tiles (deep, wide layers), per-thread blocks would be too short for efficient products and
     // each would stream all of `U`; then blocks run one after another, as large as allowed, with
     // each product split across the threads.
-    let per_tile = 16 * (c_in + c_out);
+    let per_tile = 16 * (c_in + co_chunk);
     let threads = super::num_threads();
-    let parallel_blocks = th * tw * g.batch >= threads * MIN_BLOCK_TILES;
+    let parallel_blocks = th * tw * g.batch >= threads * MIN_BLOCK_TILES && co_chunk == c_out;
     let rows_per_block = if parallel_blocks {
         let budget_rows = (BLOCK_BUDGET / (per_tile * tw)).max(1);
         let balance_rows = tile_rows.div_ceil(2 * threads).max(1);
@@ -148,36 +161,64 @@ pub(crate) fn conv3x3(
         r0 = r1;
     }
 
-    let run_block = |(v, m): &mut (Vec<f32>, Vec<f32>),
-                     (r0, r1, out_block): (usize, usize, &mut [f32]),
-                     gemm_threads: Threads| {
+    // Products and output transform of one block for output channels `co0 .. co0 + cw`; `v`
+    // already holds the block's transformed input.
+    let products = |u: &[f32],
+                    v: &[f32],
+                    m: &mut Vec<f32>,
+                    (r0, r1, out_block): (usize, usize, &mut [f32]),
+                    (co0, cw): (usize, usize),
+                    gemm_threads: Threads| {
         let tiles = (r1 - r0) * tw;
-        v.resize(tiles * 16 * c_in, 0.0);
-        m.resize(tiles * 16 * c_out, 0.0);
-        input_transform(x, &g, r0, r1, v);
+        m.resize(tiles * 16 * cw, 0.0);
         for e in 0..16 {
             sgemm(
                 tiles,
-                c_out,
+                cw,
                 c_in,
                 MatRef::row_major(&v[e * tiles * c_in..(e + 1) * tiles * c_in], c_in),
-                MatRef::row_major(&u[e * c_in * c_out..(e + 1) * c_in * c_out], c_out),
-                &mut m[e * tiles * c_out..(e + 1) * tiles * c_out],
+                MatRef::row_major(&u[e * c_in * cw..(e + 1) * c_in * cw], cw),
+                &mut m[e * tiles * cw..(e + 1) * tiles * cw],
                 false,
                 gemm_threads,
             );
         }
-        output_transform(m, bias, &g, r0, r1, out_block);
+        let bias = bias.map(|b| &b[co0..co0 + cw]);
+        output_transform(m, bias, &g, r0, r1, out_block, (co0, cw));
     };
     if parallel_blocks {
+        let u = transform_weight(weight, c_in, c_out, (0, c_out));
         blocks.into_par_iter().for_each_init(
             || (Vec::new(), Vec::new()),
-            |bufs, block| run_block(bufs, block, Threads::Single),
+            |(v, m), (r0, r1, out_block)| {
+                v.resize((r1 - r0) * tw * 16 * c_in, 0.0);
+                input_transform(x, &g, r0, r1, v);
+                products(&u, v, m, (r0, r1, out_block), (0, c_out), Threads::Single);
+            },
         );
     } else {
-        let mut bufs = (Vec::new(), Vec::new());
-        for block in blocks {
-            run_block(&mut bufs, block, Threads::All);
+        let (mut v, mut m) = (Vec::new(), Vec::new());
+        let single_block = blocks.len() == 1;
+        let mut co0 = 0;
+        while co0 < c_out {
+            let cw = co_chunk.min(c_out - co0);
+            let u = transform_weight(weight, c_in, c_out, (co0, cw));
+            for (r0, r1, out_block) in blocks.iter_mut() {
+                // With one block, its transformed input serves every channel chunk.
+                if !single_block || co0 == 0 {
+                    v.resize((*r1 - *r0) * tw * 16 * c_in, 0.0);
+                    input_transform(x, &g, *r0, *r1, &mut v);
+                }
+                products(
+                    &u,
+                    &v,
+                    &mut m,
+                    (*r0, *r1, &mut **out_block),
+                    (co0, cw),
+                    Threads::All,
+                );
+            }
+            co0 += cw;
         }
     }
     out
@@ -283,8 +324,9 @@ fn store(dst: &mut [f32], src: &[f32; CB]) {
     }
 }
 
-/// Turns the products `m` (`[16][tile][c_out]`) of tile rows `r0 .. r1` into output pixels
-/// `Aᵀ m A + bias`, written into `out`, which starts at the first output row of tile row `r0`.
+/// Turns the products `m` (`[16][tile][c]`) of tile rows `r0 .. r1` into output channels
+/// `co0 .. co0 + c` of the pixels `Aᵀ m A + bias` (`bias` holds those `c` channels), written into
+/// `out`, which starts at the first output row of tile row `r0`.
 fn output_transform(
     m: &[f32],
     bias: Option<&[f32]>,
@@ -292,8 +334,9 @@ fn output_transform(
     r0: usize,
     r1: usize,
     out: &mut [f32],
+    (co0, c): (usize, usize),
 ) {
-    let (h, w, c) = (g.in_h, g.in_w, g.c_out);
+    let (h, w, c_out) = (g.in_h, g.in_w, g.c_out);
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     let row0 = (r0 / th) * h + 2 * (r0 % th);
     let tiles = (r1 - r0) * tw;
@@ -308,7 +351,7 @@ fn output_transform(
                 if avx2 {
                     let out_px = |i: usize| {
                         let (oy, ox) = (2 * ty + i / 2, 2 * tx + i % 2);
-                        (oy < h && ox < w).then(|| (((b * h + oy) - row0) * w + ox) * c)
+                        (oy < h && ox < w).then(|| (((b * h + oy) - row0) * w + ox) * c_out + co0)
                     };
                     let dst = [out_px(0), out_px(1), out_px(2), out_px(3)];
                     // SAFETY: AVX2 and FMA support was checked at run time (`avx2`).
@@ -331,7 +374,7 @@ fn output_transform(
                         let oy = 2 * ty + i / 2;
                         let ox = 2 * tx + i % 2;
                         if oy < h && ox < w {
-                            let off = (((b * h + oy) - row0) * w + ox) * c + c0;
+                            let off = (((b * h + oy) - row0) * w + ox) * c_out + co0 + c0;
                             store(&mut out[off..off + cw], yi);
                         }
                     }
@@ -606,6 +649,9 @@ mod tests {
             (geo(2, 32, 32, 640, 640), 0.04),
             (geo(2, 16, 16, 1280, 1280), 0.03),
             (geo(1, 64, 64, 512, 512), 0.05),
+            // A transformed weight over budget: output channels in chunks of 128 and 32, over
+            // two blocks of tile rows.
+            (geo(1, 40, 40, 2048, 160), 0.02),
         ] {
             let mut pixels = Vec::new();
             for b in 0..g.batch {
