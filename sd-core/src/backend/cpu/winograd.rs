@@ -11,7 +11,8 @@
 //!
 //! Work is split into blocks of whole tile rows, so each block writes a contiguous range of output
 //! rows; blocks run in parallel, each with its own transformed-input and product buffers of a few
-//! megabytes. The transformed weight `U` (16·c_in·c_out values) is built once per call and shared.
+//! megabytes. The transformed weight `U` (16·c_in·c_out values) is built once per call and shared;
+//! when it would exceed 16 MiB (the 1280-channel layers), output channels are processed in chunks.
 
 use rayon::prelude::*;
 
