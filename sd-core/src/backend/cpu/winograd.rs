@@ -123,7 +123,8 @@ pub(crate) fn conv3x3(
         return out;
     }
     // Output channels per pass: all of them, unless the transformed weight would exceed
-    // U_BUDGET (the 1280-channel layers); then chunks whose products keep >= 128 columns.
+    // U_BUDGET (the widest layers); then in chunks as wide as it allows (at least 128, a
+    // multiple of 16) and a narrower last one. Measured slightly faster than equal chunks.
     let co_chunk = if 16 * c_in * c_out <= U_BUDGET {
         c_out
     } else {
@@ -653,6 +654,8 @@ mod tests {
             // A transformed weight over budget: output channels in chunks of 128 and 32, over
             // two blocks of tile rows.
             (geo(1, 40, 40, 2048, 160), 0.02),
+            // Chunks of 256 and 53 channels (not a multiple of 8).
+            (geo(1, 12, 20, 1024, 309), 0.03),
         ] {
             let mut pixels = Vec::new();
             for b in 0..g.batch {
