@@ -14,11 +14,12 @@ pub(crate) mod cuda;
 
 use crate::error::Result;
 use crate::tensor::{DType, Device};
+use cpu::pool::CpuBuffer;
 
 /// The memory behind a tensor.
 pub(crate) enum Storage {
     /// Host memory, always `f32` (the CPU backend widens half-precision weights on load).
-    Cpu(Vec<f32>),
+    Cpu(CpuBuffer),
     /// Device memory on a CUDA GPU.
     Cuda(cuda::CudaStorage),
 }
@@ -27,7 +28,7 @@ impl Storage {
     /// Moves `f32` host data onto `device`.
     pub(crate) fn from_f32(data: Vec<f32>, device: Device) -> Result<Self> {
         match device {
-            Device::Cpu => Ok(Storage::Cpu(data)),
+            Device::Cpu => Ok(Storage::Cpu(CpuBuffer::new(data))),
             Device::Cuda(ordinal) => {
                 Ok(Storage::Cuda(cuda::CudaStorage::from_f32(&data, ordinal)?))
             }
@@ -53,7 +54,7 @@ impl Storage {
     /// A host copy of the values as `f32`.
     pub(crate) fn to_f32_vec(&self) -> Result<Vec<f32>> {
         match self {
-            Storage::Cpu(v) => Ok(v.clone()),
+            Storage::Cpu(v) => Ok(Vec::clone(v)),
             Storage::Cuda(s) => s.to_f32_vec(),
         }
     }

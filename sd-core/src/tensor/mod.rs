@@ -220,7 +220,9 @@ impl Tensor {
                 device: device.to_string(),
             }),
             (_, Device::Cpu) => Ok(Tensor::from_storage(
-                Storage::Cpu(bits.iter().map(widen).collect()),
+                Storage::Cpu(crate::backend::cpu::pool::CpuBuffer::new(
+                    bits.iter().map(widen).collect(),
+                )),
                 shape,
             )),
             (_, Device::Cuda(ordinal)) => Ok(Tensor::from_storage(

@@ -5,7 +5,7 @@
 
 use super::{Shape, Tensor};
 use crate::backend::Storage;
-use crate::backend::cpu::{attention, conv, elementwise, layout, norm};
+use crate::backend::cpu::{attention, conv, elementwise, layout, norm, pool};
 use crate::backend::cuda::CudaStorage;
 use crate::error::{Error, Result};
 
@@ -88,7 +88,7 @@ fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
 }
 
 fn cpu_tensor(data: Vec<f32>, shape: impl Into<Shape>) -> Tensor {
-    Tensor::from_storage(Storage::Cpu(data), shape.into())
+    Tensor::from_storage(Storage::Cpu(pool::CpuBuffer::new(data)), shape.into())
 }
 
 impl Tensor {
@@ -98,7 +98,7 @@ impl Tensor {
     pub fn activate(&self, act: Activation) -> Result<Tensor> {
         match self.storage() {
             Storage::Cpu(x) => {
-                let mut out = x.clone();
+                let mut out = pool::copy_of(x);
                 elementwise::activation_inplace(&mut out, act);
                 Ok(cpu_tensor(out, self.shape.clone()))
             }
@@ -120,7 +120,7 @@ impl Tensor {
     pub fn exp(&self) -> Result<Tensor> {
         match self.storage() {
             Storage::Cpu(x) => {
-                let mut out = x.clone();
+                let mut out = pool::copy_of(x);
                 elementwise::map_inplace(&mut out, f32::exp);
                 Ok(cpu_tensor(out, self.shape.clone()))
             }
@@ -132,7 +132,7 @@ impl Tensor {
     pub fn affine(&self, mul: f32, add: f32) -> Result<Tensor> {
         match self.storage() {
             Storage::Cpu(x) => {
-                let mut out = x.clone();
+                let mut out = pool::copy_of(x);
                 elementwise::map_inplace(&mut out, |v| v * mul + add);
                 Ok(cpu_tensor(out, self.shape.clone()))
             }
@@ -149,7 +149,7 @@ impl Tensor {
     pub fn clamp(&self, min: f32, max: f32) -> Result<Tensor> {
         match self.storage() {
             Storage::Cpu(x) => {
-                let mut out = x.clone();
+                let mut out = pool::copy_of(x);
                 elementwise::map_inplace(&mut out, |v| v.clamp(min, max));
                 Ok(cpu_tensor(out, self.shape.clone()))
             }
@@ -299,10 +299,12 @@ impl Tensor {
         match self.storage() {
             Storage::Cpu(x) => {
                 use crate::backend::cpu::gemm::{MatRef, Threads, sgemm};
-                let mut out = match bias {
-                    Some(b) => cpu(b).repeat(rows),
-                    None => vec![0.0; rows * out_f],
-                };
+                // Every element is written: bias rows then accumulated products, or products.
+                let mut out = pool::take(rows * out_f);
+                if let Some(b) = bias {
+                    out.chunks_mut(out_f.max(1))
+                        .for_each(|row| row.copy_from_slice(cpu(b)));
+                }
                 sgemm(
                     rows,
                     out_f,
@@ -352,7 +354,8 @@ impl Tensor {
             Storage::Cpu(a) => {
                 use crate::backend::cpu::gemm::{MatRef, Threads, sgemm};
                 let b = cpu(rhs);
-                let mut out = vec![0.0; batch * m * n];
+                // Every element is written by the products below.
+                let mut out = pool::take(batch * m * n);
                 for i in 0..batch {
                     let rb = if shared_rhs { 0 } else { i * k * n };
                     sgemm(
@@ -539,7 +542,7 @@ impl Tensor {
         let width = *self.dims().last().unwrap_or(&1);
         match self.storage() {
             Storage::Cpu(x) => {
-                let mut out = x.clone();
+                let mut out = pool::copy_of(x);
                 attention::softmax_rows_scaled(&mut out, width.max(1), 1.0);
                 Ok(cpu_tensor(out, self.shape.clone()))
             }

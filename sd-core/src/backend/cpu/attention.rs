@@ -6,10 +6,11 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{MatRef, Threads, sgemm};
+use super::gemm::{MatRef, Threads, sgemm, sgemm_strided};
+use super::simd::{exp_row, vectorized};
 
-/// Score-buffer budget per work item, in `f32` elements (1 MiB).
-const SCORE_BUDGET: usize = 1 << 18;
+/// Score-buffer budget per work item, in `f32` elements (4 MiB): 256 query rows of 4096 keys.
+const SCORE_BUDGET: usize = 1 << 20;
 
 /// Shapes of one attention call; q is `[batch, q_len, heads·head_dim]`, k and v are
 /// `[batch, kv_len, heads·head_dim]`.
@@ -36,7 +37,8 @@ pub(crate) fn attention(
         .clamp(1, 256)
         .min(s.q_len.max(1));
     let blocks_per_batch = s.q_len.div_ceil(block);
-    let mut out = vec![0.0f32; s.batch * s.q_len * width];
+    // Every (row, head) block is written by its PV product.
+    let mut out = super::pool::take(s.batch * s.q_len * width);
     let items = s.batch * blocks_per_batch;
     let gemm_threads = if items >= 2 * super::num_threads() {
         Threads::Single
@@ -57,11 +59,11 @@ pub(crate) fn attention(
                 .enumerate()
                 .for_each_init(
                     || (Vec::new(), Vec::new()),
-                    |(scores, head_out), (blk, out_rows)| {
+                    |(scores, inv_sums), (blk, out_rows)| {
                         let rows = out_rows.len() / width;
                         let q0 = blk * block;
                         scores.resize(rows * s.kv_len, 0.0);
-                        head_out.resize(rows * s.head_dim, 0.0);
+                        inv_sums.resize(rows, 0.0);
                         for h in 0..s.heads {
                             let off = h * s.head_dim;
                             // scores = q_blk · kᵀ  ([rows, d] x [d, kv_len])
@@ -90,9 +92,13 @@ pub(crate) fn attention(
                                     row[first_masked..].fill(f32::NEG_INFINITY);
                                 }
                             }
-                            softmax_rows_scaled(scores, s.kv_len, scale);
-                            // head_out = p · v  ([rows, kv_len] x [kv_len, d])
-                            sgemm(
+                            // Unnormalised probabilities; the 1/sum is applied to the d-wide
+                            // output rows instead of the kv_len-wide score rows.
+                            for (row, inv) in scores.chunks_mut(s.kv_len).zip(inv_sums.iter_mut()) {
+                                *inv = 1.0 / exp_row_scaled(row, scale);
+                            }
+                            // out_rows[:, head] = p · v  ([rows, kv_len] x [kv_len, d])
+                            sgemm_strided(
                                 rows,
                                 s.head_dim,
                                 s.kv_len,
@@ -102,13 +108,15 @@ pub(crate) fn attention(
                                     row_stride: width,
                                     col_stride: 1,
                                 },
-                                head_out,
+                                &mut out_rows[off..],
+                                width,
                                 false,
                                 gemm_threads,
                             );
-                            for (r, src) in head_out.chunks(s.head_dim).enumerate() {
+                            for (r, &inv) in inv_sums.iter().enumerate() {
                                 out_rows[r * width + off..r * width + off + s.head_dim]
-                                    .copy_from_slice(src);
+                                    .iter_mut()
+                                    .for_each(|v| *v *= inv);
                             }
                         }
                     },
@@ -117,20 +125,34 @@ pub(crate) fn attention(
     out
 }
 
+/// Lanes of the vectorised row reductions.
+const LANES: usize = 16;
+
+/// Replaces `row` by `exp(row · scale - max(row · scale))` and returns the sum; `-inf` entries
+/// (masked) become 0.
+fn exp_row_scaled(row: &mut [f32], scale: f32) -> f32 {
+    vectorized(|| {
+        // Row maximum of x · scale, in LANES independent lanes so the loop vectorises.
+        let mut acc = [f32::NEG_INFINITY; LANES];
+        let mut chunks = row.chunks_exact(LANES);
+        for c in &mut chunks {
+            for l in 0..LANES {
+                let v = c[l] * scale;
+                acc[l] = if v > acc[l] { v } else { acc[l] };
+            }
+        }
+        let mut max = acc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        for &v in chunks.remainder() {
+            max = max.max(v * scale);
+        }
+        exp_row(row, scale, max)
+    })
+}
+
 /// Row-wise `softmax(x · scale)` in place; `-inf` entries (masked) become 0.
 pub(crate) fn softmax_rows_scaled(x: &mut [f32], width: usize, scale: f32) {
     for row in x.chunks_mut(width) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
-        let mut sum = 0.0f32;
-        for v in row.iter_mut() {
-            *v = if *v == f32::NEG_INFINITY {
-                0.0
-            } else {
-                (*v * scale - max).exp()
-            };
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
+        let inv = 1.0 / exp_row_scaled(row, scale);
         row.iter_mut().for_each(|v| *v *= inv);
     }
 }
@@ -202,6 +224,15 @@ mod tests {
                 heads: 2,
                 head_dim: 4,
             },
+            // Cross-attention to 77 text tokens with SD's head width; query blocks of 256 rows
+            // plus a partial one.
+            AttentionShape {
+                batch: 2,
+                q_len: 300,
+                kv_len: 77,
+                heads: 2,
+                head_dim: 40,
+            },
         ] {
             let w = s.heads * s.head_dim;
             let make = |n: usize, seed: usize| -> Vec<f32> {
@@ -221,6 +252,38 @@ mod tests {
                     .map(|(a, b)| (a - b).abs())
                     .fold(0.0f32, f32::max);
                 assert!(err < 1e-5, "max error {err} for {s:?}, causal {causal}");
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_matches_f64_reference() {
+        // Widths below, at and above the 16-lane blocks, large logits, and masked entries.
+        for width in [1, 7, 16, 33, 4099] {
+            let mut x: Vec<f32> = (0..3 * width)
+                .map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 0.09)
+                .collect();
+            if width > 1 {
+                x[width / 2] = f32::NEG_INFINITY;
+            }
+            let want: Vec<f64> = x
+                .chunks(width)
+                .flat_map(|row| {
+                    let m = row
+                        .iter()
+                        .fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v) * 0.7));
+                    let e: Vec<f64> = row
+                        .iter()
+                        .map(|&v| (f64::from(v) * 0.7 - m).exp())
+                        .collect();
+                    let z: f64 = e.iter().sum();
+                    e.into_iter().map(move |v| v / z)
+                })
+                .collect();
+            softmax_rows_scaled(&mut x, width, 0.7);
+            for (g, w) in x.iter().zip(&want) {
+                let err = (f64::from(*g) - w).abs();
+                assert!(err <= 4e-6 * w.max(1e-3), "width {width}: {g} vs {w}");
             }
         }
     }

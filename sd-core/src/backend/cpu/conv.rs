@@ -13,6 +13,8 @@ use crate::tensor::Conv2dParams;
 
 /// Column-buffer budget per tile, in `f32` elements (2 MiB).
 const COL_BUDGET: usize = 1 << 19;
+/// Fewest output pixels per tile (the column buffer may exceed the budget to reach it).
+const MIN_TILE_ROWS: usize = 256;
 
 /// Geometry of one convolution.
 #[derive(Clone, Copy, Debug)]
@@ -48,11 +50,15 @@ pub(crate) fn conv2d_nhwc(
     bias: Option<&[f32]>,
     g: ConvGeometry,
 ) -> Vec<f32> {
+    if super::winograd::applies(&g) && super::winograd::pays(&g) {
+        return super::winograd::conv3x3(x, weight, bias, g);
+    }
     let (oh, ow) = (g.out_h(), g.out_w());
     let rows = g.batch * oh * ow;
     let k = g.kh * g.kw * g.c_in;
     let n = g.c_out;
-    let mut out = vec![0.0f32; rows * n];
+    // Fully written: bias rows then accumulated products, or products.
+    let mut out = super::pool::take(rows * n);
     if let Some(bias) = bias {
         out.par_chunks_mut(n)
             .for_each(|row| row.copy_from_slice(bias));
@@ -81,7 +87,11 @@ pub(crate) fn conv2d_nhwc(
         return out;
     }
 
-    let tile = (COL_BUDGET / k.max(1)).clamp(16, 1024).min(rows.max(1));
+    // At least MIN_TILE_ROWS rows per tile: shorter products re-read the whole weight matrix per
+    // tile for little work, which makes deep layers (few pixels, large weights) memory-bound.
+    let tile = (COL_BUDGET / k.max(1))
+        .clamp(MIN_TILE_ROWS, 1024)
+        .min(rows.max(1));
     let tiles = rows.div_ceil(tile);
     let threads = super::num_threads();
     let run_tile =

@@ -51,7 +51,14 @@ pub(crate) fn activate(act: Activation, x: f32) -> f32 {
 pub(crate) fn activation_inplace(data: &mut [f32], act: Activation) {
     match act {
         Activation::Identity => {}
-        Activation::Silu => map_inplace(data, silu),
+        Activation::Silu => {
+            if data.len() < PAR_THRESHOLD {
+                super::simd::silu_inplace(data);
+            } else {
+                data.par_chunks_mut(CHUNK)
+                    .for_each(super::simd::silu_inplace);
+            }
+        }
         Activation::Gelu => map_inplace(data, gelu),
         Activation::QuickGelu => map_inplace(data, quick_gelu),
     }
@@ -67,7 +74,7 @@ pub(crate) enum BinaryOp {
 }
 
 impl BinaryOp {
-    #[inline]
+    #[inline(always)]
     fn apply(self, a: f32, b: f32) -> f32 {
         match self {
             BinaryOp::Add => a + b,
@@ -136,38 +143,48 @@ pub(crate) fn binary(
 ) -> Vec<f32> {
     let n: usize = out_shape.iter().product();
     if a_shape == b_shape {
-        let mut out = a.to_vec();
+        // One pass: out = a ∘ b, into a buffer every element of which is written.
+        let mut out = super::pool::take(n);
+        let work = |(o, (aa, bb)): (&mut [f32], (&[f32], &[f32]))| {
+            super::simd::vectorized(|| match op {
+                BinaryOp::Add => zip_map(o, aa, bb, |u, v| u + v),
+                BinaryOp::Sub => zip_map(o, aa, bb, |u, v| u - v),
+                BinaryOp::Mul => zip_map(o, aa, bb, |u, v| u * v),
+                BinaryOp::Div => zip_map(o, aa, bb, |u, v| u / v),
+            })
+        };
         if n < PAR_THRESHOLD {
-            out.iter_mut()
-                .zip(b)
-                .for_each(|(x, &y)| *x = op.apply(*x, y));
+            work((&mut out, (a, b)));
         } else {
             out.par_chunks_mut(CHUNK)
-                .zip(b.par_chunks(CHUNK))
-                .for_each(|(o, bb)| {
-                    o.iter_mut()
-                        .zip(bb)
-                        .for_each(|(x, &y)| *x = op.apply(*x, y))
-                });
+                .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+                .for_each(work);
         }
         return out;
     }
     // Fast path: b repeats along the leading dims of a (bias-like, e.g. [C] onto [B, H, W, C]).
     let b_len = b.len();
     if a_shape == out_shape && b_len > 0 && out_shape.ends_with(trim_leading_ones(b_shape)) {
-        let mut out = a.to_vec();
-        let rows = |o: &mut [f32]| {
-            for row in o.chunks_mut(b_len) {
-                row.iter_mut()
-                    .zip(b)
-                    .for_each(|(x, &y)| *x = op.apply(*x, y));
-            }
+        let mut out = super::pool::take(n);
+        let rows = |(o, aa): (&mut [f32], &[f32])| {
+            super::simd::vectorized(|| {
+                for (orow, arow) in o.chunks_mut(b_len).zip(aa.chunks(b_len)) {
+                    match op {
+                        BinaryOp::Add => zip_map(orow, arow, b, |u, v| u + v),
+                        BinaryOp::Sub => zip_map(orow, arow, b, |u, v| u - v),
+                        BinaryOp::Mul => zip_map(orow, arow, b, |u, v| u * v),
+                        BinaryOp::Div => zip_map(orow, arow, b, |u, v| u / v),
+                    }
+                }
+            })
         };
         if n < PAR_THRESHOLD {
-            rows(&mut out);
+            rows((&mut out, a));
         } else {
-            let rows_per_chunk = (CHUNK / b_len).max(1);
-            out.par_chunks_mut(rows_per_chunk * b_len).for_each(rows);
+            let per_chunk = (CHUNK / b_len).max(1) * b_len;
+            out.par_chunks_mut(per_chunk)
+                .zip(a.par_chunks(per_chunk))
+                .for_each(rows);
         }
         return out;
     }
@@ -195,6 +212,14 @@ pub(crate) fn binary(
     out
 }
 
+/// `out[i] = f(a[i], b[i])`, a loop the compiler vectorises once `f` is inlined.
+#[inline(always)]
+fn zip_map(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    for ((x, &u), &v) in out.iter_mut().zip(a).zip(b) {
+        *x = f(u, v);
+    }
+}
+
 fn trim_leading_ones(shape: &[usize]) -> &[usize] {
     let first = shape.iter().position(|&d| d != 1).unwrap_or(shape.len());
     &shape[first..]
@@ -204,7 +229,7 @@ fn trim_leading_ones(shape: &[usize]) -> &[usize] {
 pub(crate) fn geglu(x: &[f32], last: usize) -> Vec<f32> {
     let half = last / 2;
     let rows = x.len() / last.max(1);
-    let mut out = vec![0.0; rows * half];
+    let mut out = super::pool::take(rows * half);
     let work = |(row_out, row_in): (&mut [f32], &[f32])| {
         let (a, gate) = row_in.split_at(half);
         for ((o, &av), &g) in row_out.iter_mut().zip(a).zip(gate) {
@@ -240,6 +265,38 @@ mod tests {
         // [3] - [2, 3] (lhs broadcast)
         let out = binary(BinaryOp::Sub, &[1.0, 1.0, 1.0], &[3], &a, &[2, 3], &[2, 3]);
         assert_eq!(out, vec![1.0, 0.0, -1.0, -2.0, -3.0, -4.0]);
+    }
+
+    #[test]
+    fn large_same_shape_and_bias_like_ops_match_scalar() {
+        // Above the parallel threshold, with a chunk boundary inside a row of the bias path.
+        let n = 3 * PAR_THRESHOLD + 17;
+        let a: Vec<f32> = (0..n).map(|i| (i % 97) as f32 - 40.0).collect();
+        let b: Vec<f32> = (0..n).map(|i| (i % 13) as f32 + 0.5).collect();
+        for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
+            let out = binary(op, &a, &[n], &b, &[n], &[n]);
+            assert!(
+                out.iter()
+                    .enumerate()
+                    .all(|(i, &o)| o == op.apply(a[i], b[i]))
+            );
+        }
+        let c = 37;
+        let rows = n / c;
+        let bias: Vec<f32> = (0..c).map(|i| i as f32 * 0.25).collect();
+        let out = binary(
+            BinaryOp::Add,
+            &a[..rows * c],
+            &[rows, c],
+            &bias,
+            &[1, c],
+            &[rows, c],
+        );
+        assert!(
+            out.iter()
+                .enumerate()
+                .all(|(i, &o)| o == a[i] + bias[i % c])
+        );
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub(crate) enum Threads {
 ///
 /// # Panics
 /// If an operand slice is too short for its strides (an internal invariant of the callers).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn sgemm(
     m: usize,
     n: usize,
@@ -64,15 +65,43 @@ pub(crate) fn sgemm(
     accumulate: bool,
     threads: Threads,
 ) {
+    sgemm_strided(m, n, k, lhs, rhs, dst, n, accumulate, threads);
+}
+
+/// As [`sgemm`], with the rows of `dst` `dst_row_stride` elements apart (`≥ n`).
+///
+/// # Panics
+/// If an operand slice is too short for its strides (an internal invariant of the callers).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: MatRef<'_>,
+    rhs: MatRef<'_>,
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    accumulate: bool,
+    threads: Threads,
+) {
     assert!(lhs.covers(m, k), "sgemm: lhs slice too short for {m}x{k}");
     assert!(rhs.covers(k, n), "sgemm: rhs slice too short for {k}x{n}");
-    assert!(dst.len() >= m * n, "sgemm: dst slice too short for {m}x{n}");
+    assert!(
+        dst_row_stride >= n,
+        "sgemm: dst row stride {dst_row_stride} < {n}"
+    );
     if m == 0 || n == 0 {
         return;
     }
+    assert!(
+        dst.len() >= (m - 1) * dst_row_stride + n,
+        "sgemm: dst slice too short for {m}x{n}"
+    );
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(0.0);
+            for row in dst.chunks_mut(dst_row_stride).take(m) {
+                row[..n].fill(0.0);
+            }
         }
         return;
     }
@@ -98,7 +127,7 @@ pub(crate) fn sgemm(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_row_stride as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.col_stride as isize,

@@ -9,7 +9,7 @@ pub(crate) fn permute(x: &[f32], shape: &[usize], perm: &[usize]) -> Vec<f32> {
     let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
     let src_strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
     let n = x.len();
-    let mut out = vec![0.0; n];
+    let mut out = super::pool::take(n);
     if n == 0 {
         return out;
     }
@@ -92,7 +92,7 @@ pub(crate) fn upsample_nearest2x_nhwc(
     c: usize,
 ) -> Vec<f32> {
     let (oh, ow) = (2 * h, 2 * w);
-    let mut out = vec![0.0; b * oh * ow * c];
+    let mut out = super::pool::take(b * oh * ow * c);
     out.par_chunks_mut(ow * c)
         .enumerate()
         .for_each(|(row, dst)| {
@@ -122,8 +122,9 @@ pub(crate) fn upsample_nearest_nhwc(
     out_w: usize,
 ) -> Vec<f32> {
     let [b, h, w, c] = dims;
-    let mut out = vec![0.0; b * out_h * out_w * c];
+    let mut out = super::pool::take(b * out_h * out_w * c);
     if h == 0 || w == 0 {
+        out.fill(0.0);
         return out;
     }
     out.par_chunks_mut(out_w * c)

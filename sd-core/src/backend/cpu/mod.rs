@@ -12,6 +12,9 @@ pub(crate) mod elementwise;
 pub(crate) mod gemm;
 pub(crate) mod layout;
 pub(crate) mod norm;
+pub(crate) mod pool;
+pub(crate) mod simd;
+pub(crate) mod winograd;
 
 /// Number of worker threads the backend splits work across.
 pub(crate) fn num_threads() -> usize {

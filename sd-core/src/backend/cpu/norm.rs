@@ -6,6 +6,7 @@
 use rayon::prelude::*;
 
 use super::elementwise::activate;
+use super::simd::{silu_inplace, vectorized};
 use crate::tensor::Activation;
 
 /// Pixels per parallel work item when accumulating statistics.
@@ -27,7 +28,7 @@ pub(crate) fn group_norm_nhwc(
     act: Activation,
 ) -> Vec<f32> {
     let per_group = channels / groups;
-    let mut out = vec![0.0; x.len()];
+    let mut out = super::pool::take(x.len());
     let plane = spatial * channels;
     for b in 0..batch {
         let xb = &x[b * plane..(b + 1) * plane];
@@ -37,13 +38,15 @@ pub(crate) fn group_norm_nhwc(
             .map(|block| {
                 let mut s = vec![0.0f64; channels];
                 let mut q = vec![0.0f64; channels];
-                for px in block.chunks(channels) {
-                    for ((s, q), &v) in s.iter_mut().zip(q.iter_mut()).zip(px) {
-                        let v = f64::from(v);
-                        *s += v;
-                        *q += v * v;
+                vectorized(|| {
+                    for px in block.chunks(channels) {
+                        for ((s, q), &v) in s.iter_mut().zip(q.iter_mut()).zip(px) {
+                            let v = f64::from(v);
+                            *s += v;
+                            *q += v * v;
+                        }
                     }
-                }
+                });
                 (s, q)
             })
             .reduce(
@@ -73,8 +76,15 @@ pub(crate) fn group_norm_nhwc(
             .zip(xb.par_chunks(PIXELS_PER_TASK * channels))
             .for_each(|(o, xi)| {
                 for (po, pi) in o.chunks_mut(channels).zip(xi.chunks(channels)) {
-                    for c in 0..channels {
-                        po[c] = activate(act, pi[c] * scale[c] + shift[c]);
+                    vectorized(|| {
+                        for c in 0..channels {
+                            po[c] = pi[c] * scale[c] + shift[c];
+                        }
+                    });
+                    match act {
+                        Activation::Identity => {}
+                        Activation::Silu => silu_inplace(po),
+                        other => po.iter_mut().for_each(|v| *v = activate(other, *v)),
                     }
                 }
             });
@@ -90,7 +100,7 @@ pub(crate) fn layer_norm(
     beta: &[f32],
     eps: f64,
 ) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
+    let mut out = super::pool::take(x.len());
     let work = |(o, xi): (&mut [f32], &[f32])| {
         let mean = xi.iter().map(|&v| f64::from(v)).sum::<f64>() / width as f64;
         let var = xi
@@ -136,6 +146,22 @@ mod tests {
             let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 6.0;
             assert!(mean.abs() < 1e-6);
             assert!((var - 1.0).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn group_norm_with_silu_equals_norm_then_silu() {
+        // 2 batch items, 5 pixels, 20 channels (not a multiple of 8 lanes), 4 groups.
+        let x: Vec<f32> = (0..200)
+            .map(|v| ((v * 37 % 23) as f32 - 11.0) * 0.3)
+            .collect();
+        let gamma: Vec<f32> = (0..20).map(|c| 0.5 + c as f32 * 0.1).collect();
+        let beta: Vec<f32> = (0..20).map(|c| c as f32 * 0.05 - 0.4).collect();
+        let plain = group_norm_nhwc(&x, 2, 5, 20, 4, &gamma, &beta, 1e-5, Activation::Identity);
+        let fused = group_norm_nhwc(&x, 2, 5, 20, 4, &gamma, &beta, 1e-5, Activation::Silu);
+        for (p, f) in plain.iter().zip(&fused) {
+            let want = f64::from(*p) / (1.0 + (-f64::from(*p)).exp());
+            assert!((f64::from(*f) - want).abs() <= 1e-6 * want.abs().max(1e-6));
         }
     }
 
