@@ -1,0 +1,47 @@
+//! The AUTOMATIC1111 prompt language, as pure text → structure functions.
+//!
+//! The steps, in the order A1111 applies them to a prompt (`modules/processing.py`):
+//!
+//! 1. [`parse_extra_networks`]: `<lora:NAME:TE:UNET:DYN>`, `<lyco:…>`, `<hypernet:NAME:MULT>` tags are removed
+//!    and returned as structured requests.
+//! 2. [`prompt_schedule`]: prompt editing `[from:to:when]` and alternation `[a|b]` give one text per range of
+//!    steps.
+//! 3. [`parse_prompt_attention`]: each text is split into runs with emphasis weights (`(a:1.3)`, `[a]`, `BREAK`).
+//! 4. [`tokenize_prompt`]: the runs are tokenized and packed into 77-token chunks with per-token multipliers.
+//! 5. After the text encoder, [`apply_emphasis`] applies the multipliers to its hidden states.
+//!
+//! Composable diffusion (`AND`) is not handled here.
+
+mod attention;
+mod chunk;
+mod emphasis;
+mod extra_networks;
+mod schedule;
+
+use std::sync::OnceLock;
+
+use regex::Regex;
+
+use crate::error::{Error, Result};
+
+pub use attention::{parse_prompt_attention, Fragment, ROUND_BRACKET_MULTIPLIER};
+pub use chunk::{
+    tokenize_prompt, ChunkOptions, EmbeddingFix, EmbeddingLookup, EmbeddingMatch, PromptChunk,
+    TokenizedPrompt, CHUNK_TOKENS, DEFAULT_COMMA_BACKTRACK,
+};
+pub use emphasis::{apply_emphasis, EmphasisMode};
+pub use extra_networks::{
+    extract_extra_networks, parse_extra_networks, ExtraNetwork, ExtraNetworkPrompt,
+    ExtraNetworkTag, HypernetTag, LoraTag,
+};
+pub use schedule::{prompt_schedule, PromptSchedule, ScheduleOptions, ScheduleSegment};
+
+/// Compiles `pattern` once into `cell`; an error means a pattern literal in this module is invalid (a bug).
+fn cached_regex(
+    cell: &'static OnceLock<std::result::Result<Regex, String>>,
+    pattern: &str,
+) -> Result<&'static Regex> {
+    cell.get_or_init(|| Regex::new(pattern).map_err(|e| format!("prompt pattern {pattern:?}: {e}")))
+        .as_ref()
+        .map_err(|e| Error::Internal(e.clone()))
+}
