@@ -277,3 +277,107 @@ pub fn tokenize_prompt(
         token_count: b.token_count,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Treats one token id as the trigger of an embedding with `vectors` vectors.
+    struct OneEmbedding {
+        trigger: u32,
+        vectors: usize,
+    }
+
+    impl EmbeddingLookup for OneEmbedding {
+        fn find_at(&self, ids: &[u32], position: usize) -> Option<EmbeddingMatch> {
+            (ids.get(position) == Some(&self.trigger)).then_some(EmbeddingMatch {
+                id: 7,
+                vectors: self.vectors,
+                tokens: 1,
+            })
+        }
+    }
+
+    fn single(tok: &Tokenizer, word: &str) -> Result<u32> {
+        match tok.encode(word).as_slice() {
+            [id] => Ok(*id),
+            other => Err(Error::Internal(format!("{word:?} is {} tokens", other.len()))),
+        }
+    }
+
+    #[test]
+    fn embeddings_are_never_split() -> Result<()> {
+        let tok = Tokenizer::clip()?;
+        let dog = single(&tok, "dog")?;
+        let lookup = OneEmbedding {
+            trigger: single(&tok, "cat")?,
+            vectors: 8,
+        };
+        let prompt = format!("{}cat", "dog ".repeat(70));
+        let out = tokenize_prompt(&tok, &prompt, &ChunkOptions::default(), Some(&lookup))?;
+        assert_eq!(out.chunks.len(), 2);
+        let first = &out.chunks[0];
+        assert!(first.fixes.is_empty());
+        assert_eq!(first.tokens[70], dog);
+        assert_eq!(first.tokens[71], tok.eos_id());
+        let second = &out.chunks[1];
+        assert_eq!(
+            second.fixes,
+            vec![EmbeddingFix {
+                offset: 1,
+                id: 7,
+                vectors: 8
+            }]
+        );
+        assert_eq!(&second.tokens[1..9], &[0; 8]);
+        assert_eq!(second.tokens[9], tok.eos_id());
+        assert_eq!(out.token_count, 75 + 8);
+        Ok(())
+    }
+
+    #[test]
+    fn comma_backtrack_moves_embeddings_with_their_tokens() -> Result<()> {
+        let tok = Tokenizer::clip()?;
+        let lookup = OneEmbedding {
+            trigger: single(&tok, "cat")?,
+            vectors: 8,
+        };
+        let prompt = format!("{}, (cat:1.5){}", "dog ".repeat(60), " dog".repeat(10));
+        let out = tokenize_prompt(&tok, &prompt, &ChunkOptions::default(), Some(&lookup))?;
+        assert_eq!(out.chunks.len(), 2);
+        // 60 dogs and the comma stay; the embedding and the dogs after it move.
+        assert_eq!(out.chunks[0].tokens[61], single(&tok, ",")?);
+        assert_eq!(out.chunks[0].tokens[62], tok.eos_id());
+        assert!(out.chunks[0].fixes.is_empty());
+        let second = &out.chunks[1];
+        assert_eq!(second.fixes.len(), 1);
+        assert_eq!(second.fixes[0].offset, 1);
+        assert_eq!(&second.multipliers[1..9], &[1.5; 8]);
+        assert_eq!(second.multipliers[9], 1.0);
+        Ok(())
+    }
+
+    #[test]
+    fn oversized_embedding_is_an_error() -> Result<()> {
+        let tok = Tokenizer::clip()?;
+        let lookup = OneEmbedding {
+            trigger: single(&tok, "cat")?,
+            vectors: 76,
+        };
+        assert!(tokenize_prompt(&tok, "a cat", &ChunkOptions::default(), Some(&lookup)).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn empty_chunk_and_encoder_ids() -> Result<()> {
+        let tok = Tokenizer::clip()?;
+        let empty = PromptChunk::empty(&tok);
+        assert_eq!(empty.tokens.len(), 77);
+        assert_eq!(empty.tokens[0], tok.bos_id());
+        let ids = empty.encoder_ids(tok.eos_id(), 0);
+        assert_eq!(ids[1], tok.eos_id());
+        assert!(ids[2..].iter().all(|&t| t == 0));
+        assert_eq!(empty.encoder_ids(tok.eos_id(), tok.eos_id()), empty.tokens);
+        Ok(())
+    }
+}
