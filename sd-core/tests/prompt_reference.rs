@@ -5,8 +5,8 @@
 //! token counts, LoRA/hypernetwork values and which tags are errors.
 
 use sd_core::prompt::{
-    parse_prompt_attention, prompt_schedule, tokenize_prompt, ChunkOptions, EmphasisMode,
-    ExtraNetwork, ExtraNetworkTag, ScheduleOptions, extract_extra_networks,
+    ChunkOptions, EmphasisMode, ExtraNetwork, ExtraNetworkTag, ScheduleOptions,
+    extract_extra_networks, parse_prompt_attention, prompt_schedule, tokenize_prompt,
 };
 use sd_core::tokenizer::Tokenizer;
 use sd_core::{Error, Result};
@@ -81,12 +81,23 @@ fn schedules_match_a1111() -> Result<()> {
             ambiguous += 1;
         }
         if !readings.contains(&got) {
-            failures.push(format!("{prompt:?} {options:?}\n  A1111: {readings:?}\n  sdrs:  {got:?}"));
+            failures.push(format!(
+                "{prompt:?} {options:?}\n  A1111: {readings:?}\n  sdrs:  {got:?}"
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} schedule mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} schedule mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     // The exact comparisons must stay the overwhelming majority.
-    assert!(ambiguous * 20 < all.len(), "{ambiguous} of {} cases have no fixed reading", all.len());
+    assert!(
+        ambiguous * 20 < all.len(),
+        "{ambiguous} of {} cases have no fixed reading",
+        all.len()
+    );
     Ok(())
 }
 
@@ -139,8 +150,16 @@ fn chunks_match_a1111() -> Result<()> {
         };
         let got = tokenize_prompt(&tokenizer, prompt, &options, None)?;
         let expected = case["chunks"].as_array().ok_or_else(|| bad("chunks"))?;
-        assert_eq!(got.chunks.len(), expected.len(), "chunk count of {prompt:?}");
-        assert_eq!(got.token_count as u64, int(&case["token_count"])?, "token count of {prompt:?}");
+        assert_eq!(
+            got.chunks.len(),
+            expected.len(),
+            "chunk count of {prompt:?}"
+        );
+        assert_eq!(
+            got.token_count as u64,
+            int(&case["token_count"])?,
+            "token count of {prompt:?}"
+        );
         for (i, (chunk, exp)) in got.chunks.iter().zip(expected).enumerate() {
             let ids = exp["ids"]
                 .as_array()
@@ -150,9 +169,12 @@ fn chunks_match_a1111() -> Result<()> {
                 .collect::<Result<Vec<_>>>()?;
             assert_eq!(chunk.tokens, ids, "ids of chunk {i} of {prompt:?}");
             let mut mults = Vec::new();
-            for run in exp["multipliers"].as_array().ok_or_else(|| bad("multipliers"))? {
+            for run in exp["multipliers"]
+                .as_array()
+                .ok_or_else(|| bad("multipliers"))?
+            {
                 let value = float(&run[0])?;
-                mults.extend(std::iter::repeat(value.to_bits()).take(int(&run[1])? as usize));
+                mults.extend(std::iter::repeat_n(value.to_bits(), int(&run[1])? as usize));
             }
             let got_mults: Vec<u64> = chunk.multipliers.iter().map(|m| m.to_bits()).collect();
             assert_eq!(got_mults, mults, "multipliers of chunk {i} of {prompt:?}");
@@ -177,8 +199,16 @@ fn tag_matches(tag: &ExtraNetworkTag, exp: &Value, prompt: &str) -> Result<bool>
             panic!("{prompt:?}: expected a LoRA, got {interpreted:?}");
         };
         assert_eq!(got.name, text(&lora["name"])?, "{prompt:?}");
-        assert_eq!(got.te_multiplier.to_bits(), float(&lora["te"])?.to_bits(), "{prompt:?}");
-        assert_eq!(got.unet_multiplier.to_bits(), float(&lora["unet"])?.to_bits(), "{prompt:?}");
+        assert_eq!(
+            got.te_multiplier.to_bits(),
+            float(&lora["te"])?.to_bits(),
+            "{prompt:?}"
+        );
+        assert_eq!(
+            got.unet_multiplier.to_bits(),
+            float(&lora["unet"])?.to_bits(),
+            "{prompt:?}"
+        );
         assert_eq!(got.dyn_dim, lora["dyn"].as_i64(), "{prompt:?}");
         return Ok(true);
     }
@@ -187,7 +217,11 @@ fn tag_matches(tag: &ExtraNetworkTag, exp: &Value, prompt: &str) -> Result<bool>
             panic!("{prompt:?}: expected a hypernetwork, got {interpreted:?}");
         };
         assert_eq!(got.name, text(&h["name"])?, "{prompt:?}");
-        assert_eq!(got.multiplier.to_bits(), float(&h["multiplier"])?.to_bits(), "{prompt:?}");
+        assert_eq!(
+            got.multiplier.to_bits(),
+            float(&h["multiplier"])?.to_bits(),
+            "{prompt:?}"
+        );
         return Ok(true);
     }
     Ok(interpreted.is_ok())
@@ -206,7 +240,11 @@ fn extra_network_tags_match_a1111() -> Result<()> {
         for (tag, exp) in tags.iter().zip(expected) {
             all_ok &= tag_matches(tag, exp, prompt)?;
         }
-        assert_eq!(!all_ok, case["error"].as_bool() == Some(true), "error status of {prompt:?}");
+        assert_eq!(
+            !all_ok,
+            case["error"].as_bool() == Some(true),
+            "error status of {prompt:?}"
+        );
         let parsed = sd_core::prompt::parse_extra_networks(prompt);
         assert_eq!(parsed.is_err(), !all_ok, "{prompt:?}");
     }

@@ -162,7 +162,10 @@ mod tests {
         );
         assert_eq!(parsed("(unbalanced"), pairs(&[("unbalanced", 1.1)]));
         assert_eq!(parsed("\\(literal\\]"), pairs(&[("(literal]", 1.0)]));
-        assert_eq!(parsed("(unnecessary)(parens)"), pairs(&[("unnecessaryparens", 1.1)]));
+        assert_eq!(
+            parsed("(unnecessary)(parens)"),
+            pairs(&[("unnecessaryparens", 1.1)])
+        );
         assert_eq!(
             parsed("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky)))."),
             pairs(&[

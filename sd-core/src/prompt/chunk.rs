@@ -12,7 +12,7 @@
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 
-use super::attention::{parse_prompt_attention, Fragment};
+use super::attention::{Fragment, parse_prompt_attention};
 use super::emphasis::EmphasisMode;
 
 /// Prompt tokens per chunk (77 minus BOS and EOS).
@@ -262,9 +262,8 @@ pub fn tokenize_prompt(
                 id: m.id,
                 vectors: m.vectors,
             });
-            b.tokens.extend(std::iter::repeat(0).take(m.vectors));
-            b.multipliers
-                .extend(std::iter::repeat(weight).take(m.vectors));
+            b.tokens.extend(std::iter::repeat_n(0, m.vectors));
+            b.multipliers.extend(std::iter::repeat_n(weight, m.vectors));
             position += m.tokens;
         }
     }
@@ -301,7 +300,10 @@ mod tests {
     fn single(tok: &Tokenizer, word: &str) -> Result<u32> {
         match tok.encode(word).as_slice() {
             [id] => Ok(*id),
-            other => Err(Error::Internal(format!("{word:?} is {} tokens", other.len()))),
+            other => Err(Error::Internal(format!(
+                "{word:?} is {} tokens",
+                other.len()
+            ))),
         }
     }
 

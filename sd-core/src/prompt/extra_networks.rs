@@ -121,9 +121,9 @@ impl ExtraNetworkTag {
     pub fn named(&self, key: &str) -> Option<&str> {
         self.args
             .iter()
+            .rev()
             .filter_map(|a| named_split(a))
-            .filter(|(k, _)| *k == key)
-            .last()
+            .find(|(k, _)| *k == key)
             .map(|(_, v)| v)
     }
 
@@ -188,7 +188,11 @@ impl ExtraNetworkTag {
     fn error(&self, what: String) -> Error {
         Error::invalid_argument(
             "prompt",
-            format!("extra network tag <{}:{}>: {what}", self.kind, self.args.join(":")),
+            format!(
+                "extra network tag <{}:{}>: {what}",
+                self.kind,
+                self.args.join(":")
+            ),
         )
     }
 
@@ -204,11 +208,7 @@ impl ExtraNetworkTag {
 /// `key=value` when the argument has exactly one `=`.
 fn named_split(arg: &str) -> Option<(&str, &str)> {
     let (k, v) = arg.split_once('=')?;
-    if v.contains('=') {
-        None
-    } else {
-        Some((k, v))
-    }
+    if v.contains('=') { None } else { Some((k, v)) }
 }
 
 /// Removes `_` separators the way Python allows them in numbers: only single ones between two digits.
@@ -271,7 +271,9 @@ mod tests {
         assert_eq!(python_float("1_000.5"), Some(1000.5));
         assert!(python_float("inf").is_some_and(f64::is_infinite));
         assert!(python_float("NaN").is_some_and(f64::is_nan));
-        for bad in ["", " ", ".", "abc", "1..2", "1_", "_1", "1__0", "--1", "+-1", "0x10", "1.5f"] {
+        for bad in [
+            "", " ", ".", "abc", "1..2", "1_", "_1", "1__0", "--1", "+-1", "0x10", "1.5f",
+        ] {
             assert_eq!(python_float(bad), None, "{bad:?}");
         }
         assert_eq!(python_int(" 16 "), Some(16));
@@ -312,7 +314,13 @@ mod tests {
 
     #[test]
     fn malformed_numbers_are_errors() {
-        for p in ["<lora:x:abc>", "<lora:x:1:2:3.5>", "<lora:te=1>", "<lora:x:te=>", "<hypernet:h:?>"] {
+        for p in [
+            "<lora:x:abc>",
+            "<lora:x:1:2:3.5>",
+            "<lora:te=1>",
+            "<lora:x:te=>",
+            "<hypernet:h:?>",
+        ] {
             let err = parse_extra_networks(p).err();
             assert!(
                 matches!(err, Some(Error::InvalidArgument { name: "prompt", .. })),

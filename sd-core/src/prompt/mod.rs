@@ -24,17 +24,17 @@ use regex::Regex;
 
 use crate::error::{Error, Result};
 
-pub use attention::{parse_prompt_attention, Fragment, ROUND_BRACKET_MULTIPLIER};
+pub use attention::{Fragment, ROUND_BRACKET_MULTIPLIER, parse_prompt_attention};
 pub use chunk::{
-    tokenize_prompt, ChunkOptions, EmbeddingFix, EmbeddingLookup, EmbeddingMatch, PromptChunk,
-    TokenizedPrompt, CHUNK_TOKENS, DEFAULT_COMMA_BACKTRACK,
+    CHUNK_TOKENS, ChunkOptions, DEFAULT_COMMA_BACKTRACK, EmbeddingFix, EmbeddingLookup,
+    EmbeddingMatch, PromptChunk, TokenizedPrompt, tokenize_prompt,
 };
-pub use emphasis::{apply_emphasis, EmphasisMode};
+pub use emphasis::{EmphasisMode, apply_emphasis};
 pub use extra_networks::{
-    extract_extra_networks, parse_extra_networks, ExtraNetwork, ExtraNetworkPrompt,
-    ExtraNetworkTag, HypernetTag, LoraTag,
+    ExtraNetwork, ExtraNetworkPrompt, ExtraNetworkTag, HypernetTag, LoraTag,
+    extract_extra_networks, parse_extra_networks,
 };
-pub use schedule::{prompt_schedule, PromptSchedule, ScheduleOptions, ScheduleSegment};
+pub use schedule::{PromptSchedule, ScheduleOptions, ScheduleSegment, prompt_schedule};
 
 /// Compiles `pattern` once into `cell`; an error means a pattern literal in this module is invalid (a bug).
 fn cached_regex(

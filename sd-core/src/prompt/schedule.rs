@@ -372,7 +372,7 @@ impl Steps {
                     after,
                     when,
                 } => {
-                    let before_when = i64::try_from(step).map_or(false, |s| s <= self.when(when));
+                    let before_when = i64::try_from(step).is_ok_and(|s| s <= self.when(when));
                     if before_when {
                         if let Some(b) = before {
                             self.text(b, step, out);
@@ -465,7 +465,10 @@ mod tests {
         assert_eq!(g("a [b: 3]", 10, None), v(&[(3, "a "), (10, "a b")]));
         assert_eq!(g("a [[[b]]:2]", 10, None), v(&[(2, "a "), (10, "a [[b]]")]));
         assert_eq!(g("[(a:2):3]", 10, None), v(&[(3, ""), (10, "(a:2)")]));
-        assert_eq!(g("a [b : c : 1] d", 10, None), v(&[(1, "a b  d"), (10, "a  c  d")]));
+        assert_eq!(
+            g("a [b : c : 1] d", 10, None),
+            v(&[(1, "a b  d"), (10, "a  c  d")])
+        );
         assert_eq!(
             g("a[b:[c:d:2]:1]e", 10, None),
             v(&[(1, "abe"), (2, "ace"), (10, "ade")])
@@ -490,7 +493,10 @@ mod tests {
             .collect();
         assert_eq!(g("[fe|||]male", 10, None), v(&fe4));
         assert_eq!(g("a [b:.5] c", 10, Some(10)), v(&[(10, "a b c")]));
-        assert_eq!(g("a [b:1.5] c", 10, Some(10)), v(&[(5, "a  c"), (10, "a b c")]));
+        assert_eq!(
+            g("a [b:1.5] c", 10, Some(10)),
+            v(&[(5, "a  c"), (10, "a b c")])
+        );
     }
 
     #[test]
