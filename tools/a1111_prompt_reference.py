@@ -11,6 +11,7 @@ scheduling; it is not part of /work/venv-ref):
     /tmp/venv-prompt/bin/python tools/a1111_prompt_reference.py
 
 (`/work/venv-ref/bin/python tools/a1111_prompt_reference.py` works as well once lark is installed there.)
+`--large PATH` writes a bigger random set in the same layout instead (see `large`).
 
 This is an independent re-implementation of the AUTOMATIC1111 stable-diffusion-webui (v1.10) prompt handling, one
 function per A1111 function, each naming the file and function it follows:
@@ -535,8 +536,51 @@ def main():
     print(f"wrote {OUT}: {total} cases")
 
 
+def large(path):
+    """A larger random set in the same layout (not committed): 3000 schedules, 2000 emphasis parses, 150 long
+    prompts to chunk. Check it with `SDRS_PROMPT_CASES=PATH cargo test -p sd-core --test prompt_reference`."""
+    rng = random.Random(99)
+    alphabet = ["a", "b", " ", "[", "]", "(", ")", ":", ":", "|", "2", ".5", "1", "\\\\", "x y", " 3 ", "-1", "e2",
+                "\n", "[", "]"]
+    fuzz = set()
+    while len(fuzz) < 3000:
+        s = "".join(rng.choice(alphabet) for _ in range(rng.randint(3, 18)))
+        if "[" in s:
+            fuzz.add(s)
+    cases = [[p, 5, None, False] for p in sorted(fuzz)]
+    schedule = []
+    for (prompt, steps, hires, old), readings in zip(cases, schedules_across_seeds(cases, seeds=(0, 1, 2, 3))):
+        case = {"prompt": prompt, "steps": steps, "hires_steps": hires, "old_scheduling": old}
+        case.update({"segments": readings[0]} if len(readings) == 1 else {"readings": readings})
+        schedule.append(case)
+    alphabet = ["a", "b ", " ", "[", "]", "(", ")", ":", ":1.2", ":-0.5", ": 2 )", "|", "\\\\", "\\\\(", " BREAK ",
+                "BREAK", ",", "x y", "1.", ".."]
+    attention = []
+    for _ in range(2000):
+        s = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 16)))
+        try:
+            parsed = [[t, repr(float(w))] for t, w in parse_prompt_attention(s)]
+            attention.append({"prompt": s, "parsed": parsed, "error": False})
+        except ValueError:
+            attention.append({"prompt": s, "parsed": None, "error": True})
+    tok = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
+    words = ["cat", "dog,", "(red:1.3)", "[blue]", "BREAK", "sky", ",", "big house", "((x))"]
+    chunks = []
+    for _ in range(150):
+        s = " ".join(rng.choice(words) for _ in range(rng.randint(1, 170)))
+        backtrack = rng.choice([20, 20, 0, 5, 40])
+        got, count = tokenize_line(tok, s, backtrack, True)
+        chunks.append({"prompt": s, "comma_backtrack": backtrack, "emphasis": True, "token_count": count,
+                       "chunks": [{"ids": t, "multipliers": run_length(w)} for t, w in got]})
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"schedule": schedule, "attention": attention, "chunks": chunks, "extra_networks": []}, f)
+    print(f"wrote {path}")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) == 2 and sys.argv[1] == "--schedules":
+    if len(sys.argv) == 3 and sys.argv[1] == "--large":
+        large(sys.argv[2])
+    elif len(sys.argv) == 2 and sys.argv[1] == "--schedules":
         json.dump([prompt_schedule(*c) for c in json.load(sys.stdin)], sys.stdout)
     else:
         main()

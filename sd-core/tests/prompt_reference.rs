@@ -25,8 +25,10 @@ fn bad(what: &str) -> Error {
     Error::Internal(format!("malformed fixture: {what}"))
 }
 
+/// The fixture, or the file named by `SDRS_PROMPT_CASES` (same layout; for checking larger generated sets).
 fn load() -> Result<Value> {
-    let text = std::fs::read_to_string(FIXTURE).map_err(|e| Error::io(FIXTURE, e))?;
+    let path = std::env::var("SDRS_PROMPT_CASES").unwrap_or_else(|_| FIXTURE.to_owned());
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     serde_json::from_str(&text).map_err(|e| bad(&e.to_string()))
 }
 
