@@ -21,6 +21,7 @@ function per A1111 function, each naming the file and function it follows:
   `modules/extra_networks_hypernet.py` (`ExtraNetworkHypernet.activate`);
 * scheduling: `modules/prompt_parser.py` (`schedule_parser` lark grammar, `get_learned_conditioning_prompt_schedules`
   with its `collect_steps` / `at_step` helpers), run through the real lark Earley parser;
+* composable diffusion: `modules/prompt_parser.py` (`re_AND`, `re_weight`, `get_multicond_prompt_list`);
 * emphasis: `modules/prompt_parser.py` (`re_attention`, `re_break`, `parse_prompt_attention`);
 * chunking: `modules/sd_hijack_clip.py` (`FrozenCLIPEmbedderWithCustomWordsBase.tokenize_line`, `next_chunk`,
   `FrozenCLIPEmbedderWithCustomWords.tokenize` / `comma_token`), with the transformers 5 `CLIPTokenizer` of the
@@ -169,6 +170,22 @@ def prompt_schedule(prompt, base_steps, hires_steps=None, use_old_scheduling=Fal
         return "".join(text_at(step, c) for c in node.children)
 
     return [[t, text_at(t, tree)] for t in sorted(bounds)]
+
+
+# ---------------------------------------------------------------- AND (modules/prompt_parser.py)
+
+RE_AND = re.compile(r"\bAND\b")
+RE_WEIGHT = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
+
+
+def split_and(prompt):
+    """get_multicond_prompt_list for one prompt: [[text, weight], ...] (before de-duplication)."""
+    out = []
+    for sub in RE_AND.split(prompt):
+        m = RE_WEIGHT.search(sub)
+        text, weight = m.groups() if m is not None else (sub, 1.0)
+        out.append([text, repr(float(weight) if weight is not None else 1.0)])
+    return out
 
 
 # ---------------------------------------------------------------- emphasis (modules/prompt_parser.py)
@@ -405,6 +422,18 @@ LORA_CASES = [
     "<lora:x:1e-1:+2>",
 ]
 
+AND_CASES = [
+    "a cat AND a dog",
+    "a cat AND a dog:0.7",
+    "a cat:1.5 AND a dog : -0.25  ",
+    "x AND",
+    "AND y:2.",
+    "BANDAID and ANDROID",
+    "multi\nline AND part:.5\n",
+    "(weighted:1.2) AND [x:y:3]:0.4",
+    "no weight: here AND colon:",
+]
+
 CHUNK_CASES = [
     ("a photo of a cat", 20, True),
     ("", 20, True),
@@ -520,6 +549,7 @@ def main():
                        "chunks": [{"ids": t, "multipliers": run_length(w)} for t, w in got]})
 
     extra = [extra_network_case(p) for p in LORA_CASES]
+    composable = [{"prompt": p, "parts": split_and(p)} for p in AND_CASES]
 
     doc = {
         "about": "AUTOMATIC1111 prompt handling reference, written by tools/a1111_prompt_reference.py",
@@ -528,11 +558,12 @@ def main():
         "attention": attention,
         "chunks": chunks,
         "extra_networks": extra,
+        "and": composable,
     }
     with open(OUT, "w", encoding="utf-8") as f:
         json.dump(doc, f, ensure_ascii=False, separators=(",", ":"))
         f.write("\n")
-    total = len(schedule) + len(attention) + len(chunks) + len(extra)
+    total = len(schedule) + len(attention) + len(chunks) + len(extra) + len(composable)
     print(f"wrote {OUT}: {total} cases")
 
 

@@ -6,7 +6,7 @@
 
 use sd_core::prompt::{
     ChunkOptions, EmphasisMode, ExtraNetwork, ExtraNetworkTag, ScheduleOptions,
-    extract_extra_networks, parse_prompt_attention, prompt_schedule, tokenize_prompt,
+    extract_extra_networks, parse_prompt_attention, prompt_schedule, split_and, tokenize_prompt,
 };
 use sd_core::tokenizer::Tokenizer;
 use sd_core::{Error, Result};
@@ -227,6 +227,29 @@ fn tag_matches(tag: &ExtraNetworkTag, exp: &Value, prompt: &str) -> Result<bool>
         return Ok(true);
     }
     Ok(interpreted.is_ok())
+}
+
+#[test]
+fn and_split_matches_a1111() -> Result<()> {
+    let doc = load()?;
+    let Some(all) = doc.get("and") else {
+        return Ok(()); // a --large set has no AND cases
+    };
+    for case in all.as_array().ok_or_else(|| bad("and"))? {
+        let prompt = text(&case["prompt"])?;
+        let got: Vec<(String, u64)> = split_and(prompt)?
+            .into_iter()
+            .map(|p| (p.text, p.weight.to_bits()))
+            .collect();
+        let expected = case["parts"]
+            .as_array()
+            .ok_or_else(|| bad("parts"))?
+            .iter()
+            .map(|p| Ok((text(&p[0])?.to_owned(), float(&p[1])?.to_bits())))
+            .collect::<Result<Vec<_>>>()?;
+        assert_eq!(got, expected, "{prompt:?}");
+    }
+    Ok(())
 }
 
 #[test]

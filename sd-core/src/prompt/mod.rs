@@ -4,16 +4,16 @@
 //!
 //! 1. [`parse_extra_networks`]: `<lora:NAME:TE:UNET:DYN>`, `<lyco:…>`, `<hypernet:NAME:MULT>` tags are removed
 //!    and returned as structured requests.
-//! 2. [`prompt_schedule`]: prompt editing `[from:to:when]` and alternation `[a|b]` give one text per range of
+//! 2. [`split_and`]: composable diffusion, `a AND b:0.5` gives weighted sub-prompts.
+//! 3. [`prompt_schedule`]: prompt editing `[from:to:when]` and alternation `[a|b]` give one text per range of
 //!    steps.
-//! 3. [`parse_prompt_attention`]: each text is split into runs with emphasis weights (`(a:1.3)`, `[a]`, `BREAK`).
-//! 4. [`tokenize_prompt`]: the runs are tokenized and packed into 77-token chunks with per-token multipliers.
-//! 5. After the text encoder, [`apply_emphasis`] applies the multipliers to its hidden states.
-//!
-//! Composable diffusion (`AND`) is not handled here.
+//! 4. [`parse_prompt_attention`]: each text is split into runs with emphasis weights (`(a:1.3)`, `[a]`, `BREAK`).
+//! 5. [`tokenize_prompt`]: the runs are tokenized and packed into 77-token chunks with per-token multipliers.
+//! 6. After the text encoder, [`apply_emphasis`] applies the multipliers to its hidden states.
 
 mod attention;
 mod chunk;
+mod composable;
 mod emphasis;
 mod extra_networks;
 mod schedule;
@@ -29,6 +29,7 @@ pub use chunk::{
     CHUNK_TOKENS, ChunkOptions, DEFAULT_COMMA_BACKTRACK, EmbeddingFix, EmbeddingLookup,
     EmbeddingMatch, PromptChunk, TokenizedPrompt, tokenize_prompt,
 };
+pub use composable::{SubPrompt, split_and};
 pub use emphasis::{EmphasisMode, apply_emphasis};
 pub use extra_networks::{
     ExtraNetwork, ExtraNetworkPrompt, ExtraNetworkTag, HypernetTag, LoraTag,
