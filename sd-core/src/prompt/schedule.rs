@@ -11,6 +11,9 @@
 //! gives the same schedules as lark. A `|` outside an alternation, or a `\` at the very end or before a line
 //! break, makes the prompt unparseable and it is used literally, as A1111 does.
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+
 /// How the `when` of `[from:to:when]` maps to steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScheduleOptions {
@@ -87,8 +90,18 @@ enum Node {
 /// The construct at a position did not parse.
 struct NoParse;
 
+/// Deepest bracket nesting read; a prompt that nests deeper (or opens more brackets than this before the
+/// first one fails) is used literally rather than risking the stack.
+const MAX_DEPTH: usize = 200;
+
 struct Parser<'a> {
     s: &'a str,
+    /// Positions where a construct is known not to parse (a construct's result depends only on where it
+    /// starts), so retrying a failed `[` at the top level stays linear.
+    failed: RefCell<HashSet<usize>>,
+    depth: Cell<usize>,
+    /// Set when nesting exceeded [`MAX_DEPTH`]: the whole prompt is then unparseable.
+    too_deep: Cell<bool>,
 }
 
 const SPECIAL: &[u8] = b"[]():|";
@@ -155,6 +168,23 @@ impl<'a> Parser<'a> {
 
     /// A bracketed construct at `i` (`emphasized`, `scheduled` or `alternate`), as nodes.
     fn construct(&self, i: usize) -> Result<(Vec<Node>, usize), NoParse> {
+        if self.failed.borrow().contains(&i) {
+            return Err(NoParse);
+        }
+        if self.depth.get() >= MAX_DEPTH {
+            self.too_deep.set(true);
+            return Err(NoParse);
+        }
+        self.depth.set(self.depth.get() + 1);
+        let result = self.construct_uncached(i);
+        self.depth.set(self.depth.get() - 1);
+        if result.is_err() && !self.too_deep.get() {
+            self.failed.borrow_mut().insert(i);
+        }
+        result
+    }
+
+    fn construct_uncached(&self, i: usize) -> Result<(Vec<Node>, usize), NoParse> {
         if self.byte(i) == Some(b'(') {
             let (p1, j) = self.sequence(i + 1)?;
             let mut out = vec![Node::Text("(".into())];
@@ -240,6 +270,7 @@ impl<'a> Parser<'a> {
                         items.append(&mut nodes);
                         i = next;
                     }
+                    Err(NoParse) if self.too_deep.get() => return Err(NoParse),
                     Err(NoParse) => {
                         items.push(Node::Text(char::from(b).to_string()));
                         i += 1;
@@ -411,7 +442,12 @@ pub fn prompt_schedule(prompt: &str, options: &ScheduleOptions) -> PromptSchedul
         flt_offset,
         old: options.old_scheduling,
     };
-    let parser = Parser { s: prompt };
+    let parser = Parser {
+        s: prompt,
+        failed: RefCell::new(HashSet::new()),
+        depth: Cell::new(0),
+        too_deep: Cell::new(false),
+    };
     let Ok(tree) = parser.top() else {
         return PromptSchedule {
             segments: vec![ScheduleSegment {
@@ -496,6 +532,34 @@ mod tests {
         assert_eq!(
             g("a [b:1.5] c", 10, Some(10)),
             v(&[(5, "a  c"), (10, "a b c")])
+        );
+    }
+
+    #[test]
+    fn deep_or_long_bracket_runs_stay_cheap() {
+        // Unmatched openers: each failed attempt is remembered, so retrying at the next `[` is cheap.
+        let opens = "[".repeat(150);
+        let s = prompt_schedule(&format!("{opens}[a:b:2]"), &ScheduleOptions::new(4));
+        assert_eq!(s.segments.len(), 2);
+        assert_eq!(s.text_at_step(1), format!("{opens}a"));
+        // Nesting deeper than MAX_DEPTH: used literally instead of overflowing the stack.
+        for deep in [
+            "[".repeat(200_000) + "[a:b:2]",
+            format!("{}x{}", "[".repeat(100_000), "]".repeat(100_000)),
+        ] {
+            let s = prompt_schedule(&deep, &ScheduleOptions::new(4));
+            let literal = ScheduleSegment {
+                until_step: 4,
+                text: deep.clone(),
+            };
+            assert_eq!(s.segments, vec![literal]);
+        }
+        let ok = format!("{}[x:y:2]{}", "(".repeat(150), ")".repeat(150));
+        assert_eq!(
+            prompt_schedule(&ok, &ScheduleOptions::new(4))
+                .segments
+                .len(),
+            2
         );
     }
 
