@@ -16,6 +16,7 @@ pub mod image;
 pub mod models;
 pub mod noise;
 pub mod pipeline;
+pub mod prompt;
 pub mod schedulers;
 pub mod tensor;
 pub mod tokenizer;
