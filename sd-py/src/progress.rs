@@ -56,14 +56,12 @@ impl Reporter {
             }
             bar.call_method1("update", (1,))?;
         }
-        match &self.callback {
-            // Anything but an explicit False continues, so callbacks that return None work.
-            Some(cb) => Ok(!cb
-                .call1(py, (p.step, p.total_steps))?
-                .bind(py)
-                .is(&false.into_pyobject(py)?)),
-            None => Ok(true),
-        }
+        let Some(cb) = &self.callback else {
+            return Ok(true);
+        };
+        // Anything but an explicit `False` continues, so callbacks returning None work.
+        let returned = cb.call1(py, (p.step, p.total_steps))?;
+        Ok(!returned.bind(py).is(false.into_pyobject(py)?))
     }
 
     /// Closes the progress bar, if any.

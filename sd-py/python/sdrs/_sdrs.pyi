@@ -7,6 +7,18 @@ from typing import Any, final
 import numpy as np
 import numpy.typing as npt
 
+__all__ = [
+    "Pipeline",
+    "GenerationResult",
+    "SdrsError",
+    "ModelLoadError",
+    "InvalidArgumentError",
+    "DeviceError",
+    "CancelledError",
+    "SCHEDULERS",
+    "__version__",
+]
+
 __version__: str
 SCHEDULERS: list[str]
 
