@@ -6,10 +6,12 @@
 //! ├── InvalidArgumentError      also a ValueError: a bad argument, naming the parameter
 //! ├── DeviceError               the compute device is unavailable or failed
 //! └── CancelledError            the progress callback returned False
-//! FileNotFoundError / OSError   (builtins) a missing or unreadable file
+//! FileNotFoundError, PermissionError, OSError   (builtins) a missing or unreadable file
 //! ```
 
-use pyo3::exceptions::{PyException, PyFileNotFoundError, PyOSError, PyValueError};
+use pyo3::exceptions::{
+    PyException, PyFileNotFoundError, PyOSError, PyPermissionError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType};
@@ -76,7 +78,10 @@ pub fn to_py_err(e: Error) -> PyErr {
     let message = e.to_string();
     match e.kind() {
         ErrorKind::NotFound => PyFileNotFoundError::new_err(message),
-        ErrorKind::Io => PyOSError::new_err(message),
+        ErrorKind::Io => match io_kind(&e) {
+            Some(std::io::ErrorKind::PermissionDenied) => PyPermissionError::new_err(message),
+            _ => PyOSError::new_err(message),
+        },
         ErrorKind::InvalidArgument => Python::attach(|py| match invalid_argument_type(py) {
             Ok(ty) => PyErr::from_type(ty.clone(), message),
             Err(err) => err,
@@ -88,6 +93,18 @@ pub fn to_py_err(e: Error) -> PyErr {
             SdrsError::new_err(message)
         }
     }
+}
+
+/// The `io::ErrorKind` behind an I/O error, found through its source chain.
+fn io_kind(e: &Error) -> Option<std::io::ErrorKind> {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        source = err.source();
+    }
+    None
 }
 
 /// Adds the exception classes to the module.

@@ -71,3 +71,15 @@ def test_invalid_init_image(pipe: sdrs.Pipeline) -> None:
         pipe.generate(
             "x", steps=2, width=64, height=64, init_image=np.zeros((64, 64, 3), np.uint8), strength=1.5
         )
+
+
+def test_unreadable_model_is_permission_error(tmp_path) -> None:
+    import os
+
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        pytest.skip("root reads any file")
+    locked = tmp_path / "locked.safetensors"
+    locked.write_bytes(b"")
+    locked.chmod(0)
+    with pytest.raises(PermissionError, match="locked.safetensors"):
+        sdrs.Pipeline.from_file(locked)
