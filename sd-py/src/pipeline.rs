@@ -187,14 +187,8 @@ impl PyPipeline {
             initial_latents: latents.map(convert::latents).transpose()?,
             ..GenerateRequest::new(prompt)
         };
-        let mut reporter = Reporter::new(py, callback, progress)?;
-        let pipeline = Arc::clone(&self.inner);
-        let outcome = py.detach(|| pipeline.generate(&request, &mut |p| reporter.step(p)));
-        reporter.close(py)?;
-        let generation = match (outcome, reporter.error) {
-            (Err(_), Some(raised)) => return Err(raised),
-            (outcome, _) => outcome.map_err(to_py_err)?,
-        };
+        let reporter = Reporter::new(py, callback, progress)?;
+        let generation = reporter.run(py, &self.inner, &request)?;
         PyGenerationResult::from_generation(py, generation)
     }
 

@@ -3,7 +3,9 @@
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use sd_core::pipeline::Progress;
+use sd_core::pipeline::{GenerateRequest, Generation, Pipeline, Progress};
+
+use crate::errors::to_py_err;
 
 /// What runs after every step. Holds only owned, `Send` Python references, so it can cross
 /// into `py.detach`.
@@ -33,6 +35,22 @@ impl Reporter {
             bar,
             error: None,
         })
+    }
+
+    /// Runs `request` with the GIL released, reporting each step. An exception raised while
+    /// reporting is returned unchanged in place of the core's `Cancelled` error.
+    pub fn run(
+        mut self,
+        py: Python<'_>,
+        pipeline: &Pipeline,
+        request: &GenerateRequest,
+    ) -> PyResult<Generation> {
+        let outcome = py.detach(|| pipeline.generate(request, &mut |p| self.step(p)));
+        self.close(py)?;
+        match (outcome, self.error) {
+            (Err(_), Some(raised)) => Err(raised),
+            (outcome, _) => outcome.map_err(to_py_err),
+        }
     }
 
     /// Called by the core after each step; `false` cancels.
