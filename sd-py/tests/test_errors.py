@@ -83,3 +83,13 @@ def test_unreadable_model_is_permission_error(tmp_path) -> None:
     locked.chmod(0)
     with pytest.raises(PermissionError, match="locked.safetensors"):
         sdrs.Pipeline.from_file(locked)
+
+
+def test_unavailable_device_is_device_error(fixtures) -> None:
+    # The wheel is built without sd-core's `cuda` feature unless asked (maturin --features cuda).
+    try:
+        pipe = sdrs.Pipeline.from_file(fixtures / "tiny-sd", device="cuda:7")
+    except sdrs.DeviceError as e:
+        assert "cuda:7" in str(e)
+    else:
+        pytest.skip(f"a CUDA build with a device cuda:7 ({pipe.device})")
