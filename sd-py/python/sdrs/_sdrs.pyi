@@ -1,0 +1,95 @@
+"""Type stubs of the native module ``sdrs._sdrs`` (checked by ``mypy.stubtest``)."""
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any, final
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "Pipeline",
+    "GenerationResult",
+    "SdrsError",
+    "ModelLoadError",
+    "InvalidArgumentError",
+    "DeviceError",
+    "CancelledError",
+    "SCHEDULERS",
+    "__version__",
+]
+
+__version__: str
+SCHEDULERS: list[str]
+
+class SdrsError(Exception):
+    """Base class of every error sdrs raises itself."""
+
+class ModelLoadError(SdrsError):
+    """A model or weight file is malformed, incomplete, or does not fit its configuration."""
+
+class InvalidArgumentError(SdrsError, ValueError):
+    """An argument is out of range or malformed; the message names the parameter."""
+
+class DeviceError(SdrsError):
+    """The compute device is unavailable or failed."""
+
+class CancelledError(SdrsError):
+    """Generation was cancelled because the progress callback returned False."""
+
+@final
+class GenerationResult:
+    """The result of one ``Pipeline.generate`` call."""
+
+    @property
+    def images(self) -> list[Any]:
+        """PIL images, or numpy uint8 (H, W, 3) arrays when Pillow is not installed."""
+    @property
+    def latents(self) -> npt.NDArray[np.float32]:
+        """The final latents before decoding, float32 NCHW."""
+    @property
+    def infotexts(self) -> list[str]:
+        """One A1111-style parameters text per image."""
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int, /) -> Any: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+@final
+class Pipeline:
+    """A loaded Stable Diffusion 1.x model, shareable between threads."""
+
+    @staticmethod
+    def from_file(
+        path: str | os.PathLike[str],
+        device: str = "cpu",
+        *,
+        prefer_ema: bool = False,
+        config_dir: str | os.PathLike[str] | None = None,
+    ) -> Pipeline:
+        """Loads a model from a single-file checkpoint or a diffusers folder."""
+    @property
+    def device(self) -> str:
+        """The device the model runs on."""
+    @property
+    def default_size(self) -> tuple[int, int]:
+        """The model's native image size (width, height)."""
+    def generate(
+        self,
+        prompt: str,
+        negative_prompt: str | None = None,
+        *,
+        steps: int = 20,
+        guidance_scale: float = 7.5,
+        width: int | None = None,
+        height: int | None = None,
+        seed: int | None = None,
+        scheduler: str = "pndm",
+        batch_size: int = 1,
+        clip_skip: int = 1,
+        init_image: str | os.PathLike[str] | npt.NDArray[np.uint8] | Any | None = None,
+        strength: float = 0.8,
+        latents: npt.NDArray[np.float32] | None = None,
+        callback: Callable[[int, int], bool | None] | None = None,
+        progress: bool = False,
+    ) -> GenerationResult:
+        """Generates images from a prompt, or from ``init_image``."""

@@ -1,0 +1,79 @@
+//! `GenerationResult`: what `Pipeline.generate` returns.
+
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+
+/// The result of one `Pipeline.generate` call.
+///
+/// Attributes:
+///     images (list[PIL.Image.Image] | list[numpy.ndarray]): ``batch_size`` RGB images: PIL
+///         images when Pillow is installed, otherwise numpy ``uint8`` arrays of shape
+///         ``(height, width, 3)``.
+///     latents (numpy.ndarray): the final latents before decoding, ``float32``, shape
+///         ``(batch_size, 4, height // 8, width // 8)`` (NCHW).
+///     infotexts (list[str]): one A1111-style parameters text per image (prompt, steps,
+///         sampler, seed, size, ...), as written into PNG files.
+///
+/// ``len(result)``, iteration and indexing go over ``images``.
+#[pyclass(frozen, name = "GenerationResult", module = "sdrs")]
+pub struct PyGenerationResult {
+    /// The images.
+    #[pyo3(get)]
+    pub images: Py<PyList>,
+    /// The final latents, numpy float32 NCHW.
+    #[pyo3(get)]
+    pub latents: Py<PyAny>,
+    /// One infotext per image.
+    #[pyo3(get)]
+    pub infotexts: Vec<String>,
+}
+
+#[pymethods]
+impl PyGenerationResult {
+    fn __len__(&self, py: Python<'_>) -> usize {
+        self.images.bind(py).len()
+    }
+
+    fn __getitem__<'py>(&self, py: Python<'py>, index: isize) -> PyResult<Bound<'py, PyAny>> {
+        self.images.bind(py).as_any().get_item(index)
+    }
+
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.images
+            .bind(py)
+            .as_any()
+            .try_iter()
+            .map(Bound::into_any)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "GenerationResult(images={}, latents shape {})",
+            self.images.bind(py).len(),
+            self.latents
+                .bind(py)
+                .getattr("shape")
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        )
+    }
+}
+
+impl PyGenerationResult {
+    /// Converts a core [`Generation`](sd_core::pipeline::Generation), handing the image buffers
+    /// to numpy without copying.
+    pub fn from_generation(py: Python<'_>, g: sd_core::pipeline::Generation) -> PyResult<Self> {
+        let latents = crate::convert::tensor_to_numpy(py, &g.latents)?;
+        let arrays = g
+            .images
+            .into_iter()
+            .map(|image| crate::convert::image_to_numpy(py, image))
+            .collect::<PyResult<Vec<_>>>()?;
+        let images = crate::convert::to_pil_if_available(py, arrays)?;
+        Ok(PyGenerationResult {
+            images: PyList::new(py, images)?.unbind(),
+            latents,
+            infotexts: g.infotexts,
+        })
+    }
+}
