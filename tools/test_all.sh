@@ -42,6 +42,8 @@ echo "== tests"
 # tests/c_api.rs, which compiles sd-ffi/tests/c/*.c and examples/c/txt2img.c with
 # -Wall -Wextra -Wpedantic -Werror against the header and libsdrs.a (built by this same cargo
 # invocation) and runs them under ASan (leak detection on) and UBSan.
+# `cargo test` does not emit sd-ffi's staticlib; the C tests link target/debug/libsdrs.a.
+cargo build -p sd-ffi --locked
 cargo test --workspace --locked
 
 echo "== cuda feature (builds with no CUDA toolkit; GPU tests skip without a device)"
