@@ -50,7 +50,7 @@ fn rewrite(
 
 #[test]
 fn missing_and_misshaped_tensors_are_named() {
-    let dir = tempdir();
+    let dir = common::tempdir("bad-inputs-tensors");
     let missing = rewrite(&dir, "missing.safetensors", |t| {
         t.retain(|(n, _, _)| n != "model.diffusion_model.out.2.weight")
     });
@@ -79,7 +79,7 @@ fn missing_and_misshaped_tensors_are_named() {
 
 #[test]
 fn wrong_kinds_of_file_are_refused_with_the_path() {
-    let dir = tempdir();
+    let dir = common::tempdir("bad-inputs-kinds");
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("text.safetensors", b"this is not a model at all".to_vec()),
         ("empty.safetensors", Vec::new()),
@@ -106,14 +106,4 @@ fn wrong_kinds_of_file_are_refused_with_the_path() {
     }
     let err = load_err(&dir.join("does-not-exist.safetensors"));
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
-}
-
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "sdrs-bad-inputs-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }
