@@ -37,3 +37,11 @@ pub mod cuda {
     };
 }
 pub use tensor::{DType, Device, Shape, Tensor};
+
+/// Frees the host buffers that CPU operations keep for reuse (at most 768 MiB, filled during a
+/// generation so that later steps avoid fresh page faults) and returns how many bytes were
+/// released. Call it when an embedding program goes idle and wants its memory back; the next
+/// generation simply refills the cache.
+pub fn release_cached_memory() -> usize {
+    backend::cpu::pool::clear()
+}

@@ -54,6 +54,15 @@ pub(crate) fn copy_of(src: &[f32]) -> Vec<f32> {
     v
 }
 
+/// Frees every pooled buffer; returns the number of bytes released.
+pub(crate) fn clear() -> usize {
+    let drained = match POOL.lock() {
+        Ok(mut pool) => std::mem::take(&mut *pool),
+        Err(_) => return 0,
+    };
+    drained.iter().map(|v| v.capacity() * 4).sum()
+}
+
 /// Offers a buffer back to the pool (or frees it).
 fn recycle(v: Vec<f32>) {
     if v.capacity() < MIN_POOLED {
