@@ -140,15 +140,13 @@ fn single_file_variant(dtype: WriteDType, with_ema: bool, name: &str) -> std::pa
             continue;
         }
         let data = src.read_f32(&n).expect("read");
-        if with_ema {
-            if let Some(rest) = n.strip_prefix("model.diffusion_model.") {
-                let ema: Vec<f32> = data.iter().map(|v| v * 0.5).collect();
-                tensors.push((
-                    format!("model_ema.diffusion_model{}", rest.replace('.', "")),
-                    info.shape.dims().to_vec(),
-                    ema,
-                ));
-            }
+        if with_ema && let Some(rest) = n.strip_prefix("model.diffusion_model.") {
+            let ema: Vec<f32> = data.iter().map(|v| v * 0.5).collect();
+            tensors.push((
+                format!("model_ema.diffusion_model{}", rest.replace('.', "")),
+                info.shape.dims().to_vec(),
+                ema,
+            ));
         }
         tensors.push((n, info.shape.dims().to_vec(), data));
     }

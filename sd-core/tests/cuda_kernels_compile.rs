@@ -54,14 +54,15 @@ fn parse_report(log: &str) -> HashMap<String, KernelReport> {
                 entry.stack_frame = number_before(line, "bytes stack frame").unwrap_or(0);
                 entry.spill_stores = number_before(line, "bytes spill stores").unwrap_or(0);
                 entry.spill_loads = number_before(line, "bytes spill loads").unwrap_or(0);
-            } else if line.contains("Used ") && line.contains(" registers") {
-                if let Some(idx) = line.find("Used ") {
-                    entry.registers = line[idx + 5..]
-                        .split_whitespace()
-                        .next()
-                        .and_then(|n| n.parse().ok())
-                        .unwrap_or(0);
-                }
+            } else if line.contains("Used ")
+                && line.contains(" registers")
+                && let Some(idx) = line.find("Used ")
+            {
+                entry.registers = line[idx + 5..]
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
             }
         }
     }
@@ -136,13 +137,13 @@ fn every_kernel_compiles_without_spills() -> Result<(), String> {
                         ));
                     }
                 }
-                if let Some(budget) = register_budget(name) {
-                    if r.registers > budget {
-                        failures.push(format!(
-                            "{arch} {name}: {} registers, budget {budget}",
-                            r.registers
-                        ));
-                    }
+                if let Some(budget) = register_budget(name)
+                    && r.registers > budget
+                {
+                    failures.push(format!(
+                        "{arch} {name}: {} registers, budget {budget}",
+                        r.registers
+                    ));
                 }
             }
         }

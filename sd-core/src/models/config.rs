@@ -86,7 +86,7 @@ impl ClipConfig {
         if self.hidden_size == 0 || self.num_attention_heads == 0 || self.num_hidden_layers == 0 {
             return Err(bad("text encoder sizes must be non-zero".into()));
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(bad(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -202,10 +202,10 @@ impl UNetConfig {
             Some(Value::Array(_)) => r.usize_list_or(heads_key, &[])?,
             _ => vec![8; levels],
         };
-        if let Some(m) = r.string("mid_block_type")? {
-            if m != "UNetMidBlock2DCrossAttn" {
-                return Err(r.error(format!("unsupported mid_block_type `{m}`")));
-            }
+        if let Some(m) = r.string("mid_block_type")?
+            && m != "UNetMidBlock2DCrossAttn"
+        {
+            return Err(r.error(format!("unsupported mid_block_type `{m}`")));
         }
         let cfg = UNetConfig {
             in_channels: r.usize_or("in_channels", d.in_channels)?,
@@ -327,13 +327,12 @@ impl VaeConfig {
         let d = VaeConfig::sd_v1_5();
         let r = JsonReader { json, origin };
         for key in ["down_block_types", "up_block_types"] {
-            if let Some(kinds) = r.string_list(key)? {
-                if let Some(bad) = kinds
+            if let Some(kinds) = r.string_list(key)?
+                && let Some(bad) = kinds
                     .iter()
                     .find(|k| *k != "DownEncoderBlock2D" && *k != "UpDecoderBlock2D")
-                {
-                    return Err(r.error(format!("unsupported block type `{bad}` in {key}")));
-                }
+            {
+                return Err(r.error(format!("unsupported block type `{bad}` in {key}")));
             }
         }
         if r.json.get("mid_block_add_attention") == Some(&Value::Bool(false)) {

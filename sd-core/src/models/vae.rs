@@ -254,7 +254,7 @@ impl AutoencoderKL {
         image.expect_rank("vae encode", 4)?;
         let f = self.config.downscale_factor();
         let d = image.dims();
-        if d[1] != self.config.in_channels || d[2] % f != 0 || d[3] % f != 0 {
+        if d[1] != self.config.in_channels || !d[2].is_multiple_of(f) || !d[3].is_multiple_of(f) {
             return Err(Error::InvalidShape {
                 op: "vae encode",
                 shape: image.shape().clone(),

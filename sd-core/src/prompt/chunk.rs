@@ -207,29 +207,28 @@ pub fn tokenize_prompt(
             let token = ids[position];
             if Some(token) == comma {
                 b.last_comma = Some(b.tokens.len());
-            } else if let Some(last_comma) = b.last_comma {
-                if options.comma_backtrack != 0
-                    && b.tokens.len() == CHUNK_TOKENS
-                    && b.tokens.len() - last_comma <= options.comma_backtrack
-                {
-                    let cut = last_comma + 1;
-                    let moved_tokens = b.tokens.split_off(cut);
-                    let moved_mults = b.multipliers.split_off(cut);
-                    // An embedding is never split: its fix moves with its placeholder tokens.
-                    let (stay, moved_fixes): (Vec<_>, Vec<_>) =
-                        b.fixes.drain(..).partition(|f| f.offset < cut);
-                    b.fixes = stay;
-                    b.next_chunk(false);
-                    b.tokens = moved_tokens;
-                    b.multipliers = moved_mults;
-                    b.fixes = moved_fixes
-                        .into_iter()
-                        .map(|f| EmbeddingFix {
-                            offset: f.offset - cut,
-                            ..f
-                        })
-                        .collect();
-                }
+            } else if let Some(last_comma) = b.last_comma
+                && options.comma_backtrack != 0
+                && b.tokens.len() == CHUNK_TOKENS
+                && b.tokens.len() - last_comma <= options.comma_backtrack
+            {
+                let cut = last_comma + 1;
+                let moved_tokens = b.tokens.split_off(cut);
+                let moved_mults = b.multipliers.split_off(cut);
+                // An embedding is never split: its fix moves with its placeholder tokens.
+                let (stay, moved_fixes): (Vec<_>, Vec<_>) =
+                    b.fixes.drain(..).partition(|f| f.offset < cut);
+                b.fixes = stay;
+                b.next_chunk(false);
+                b.tokens = moved_tokens;
+                b.multipliers = moved_mults;
+                b.fixes = moved_fixes
+                    .into_iter()
+                    .map(|f| EmbeddingFix {
+                        offset: f.offset - cut,
+                        ..f
+                    })
+                    .collect();
             }
 
             if b.tokens.len() == CHUNK_TOKENS {

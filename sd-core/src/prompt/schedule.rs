@@ -241,17 +241,17 @@ impl<'a> Parser<'a> {
                     ));
                 }
                 let (p2, k) = self.sequence(j + 1)?;
-                if self.byte(k) == Some(b':') {
-                    if let Some((when, next)) = self.number_tail(k + 1) {
-                        return Ok((
-                            vec![Node::Scheduled {
-                                before: Some(p1),
-                                after: p2,
-                                when,
-                            }],
-                            next,
-                        ));
-                    }
+                if self.byte(k) == Some(b':')
+                    && let Some((when, next)) = self.number_tail(k + 1)
+                {
+                    return Ok((
+                        vec![Node::Scheduled {
+                            before: Some(p1),
+                            after: p2,
+                            when,
+                        }],
+                        next,
+                    ));
                 }
                 Err(NoParse)
             }
@@ -378,10 +378,10 @@ impl Steps {
                         self.collect(b, out);
                     }
                     self.collect(after, out);
-                    if let Ok(step) = usize::try_from(self.when(when)) {
-                        if step >= 1 {
-                            out.push(step);
-                        }
+                    if let Ok(step) = usize::try_from(self.when(when))
+                        && step >= 1
+                    {
+                        out.push(step);
                     }
                 }
                 Node::Alternate(options) => {

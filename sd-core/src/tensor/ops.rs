@@ -246,7 +246,7 @@ impl Tensor {
     /// `[a, gate]`.
     pub fn geglu(&self) -> Result<Tensor> {
         let last = *self.dims().last().unwrap_or(&0);
-        if last % 2 != 0 || last == 0 {
+        if !last.is_multiple_of(2) || last == 0 {
             return Err(Error::InvalidShape {
                 op: "geglu",
                 shape: self.shape.clone(),
@@ -471,7 +471,7 @@ impl Tensor {
             });
         }
         let c = *self.dims().last().unwrap_or(&0);
-        if groups == 0 || c % groups != 0 {
+        if groups == 0 || !c.is_multiple_of(groups) {
             return Err(Error::InvalidShape {
                 op: "group_norm",
                 shape: self.shape.clone(),

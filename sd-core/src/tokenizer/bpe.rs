@@ -127,10 +127,10 @@ impl Bpe {
         while syms.len() > 1 {
             let mut best: Option<(u32, u32, u32, u32)> = None;
             for pair in syms.windows(2) {
-                if let Some(&(rank, merged)) = self.merges.get(&(pair[0], pair[1])) {
-                    if best.is_none_or(|b| rank < b.0) {
-                        best = Some((rank, pair[0], pair[1], merged));
-                    }
+                if let Some(&(rank, merged)) = self.merges.get(&(pair[0], pair[1]))
+                    && best.is_none_or(|b| rank < b.0)
+                {
+                    best = Some((rank, pair[0], pair[1], merged));
                 }
             }
             let Some((_, left, right, merged)) = best else {

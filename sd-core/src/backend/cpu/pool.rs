@@ -24,24 +24,24 @@ static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 /// caller overwrites entirely. Reuses a pooled buffer of between `len` and `2·len` values when
 /// one is free, else allocates a zeroed one.
 pub(crate) fn take(len: usize) -> Vec<f32> {
-    if len >= MIN_POOLED {
-        if let Ok(mut pool) = POOL.lock() {
-            let best = pool
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| v.capacity() >= len && v.capacity() <= 2 * len)
-                .min_by_key(|(_, v)| v.capacity())
-                .map(|(i, _)| i);
-            if let Some(i) = best {
-                let mut v = pool.remove(i);
-                drop(pool);
-                if v.len() >= len {
-                    v.truncate(len);
-                } else {
-                    v.resize(len, 0.0);
-                }
-                return v;
+    if len >= MIN_POOLED
+        && let Ok(mut pool) = POOL.lock()
+    {
+        let best = pool
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.capacity() >= len && v.capacity() <= 2 * len)
+            .min_by_key(|(_, v)| v.capacity())
+            .map(|(i, _)| i);
+        if let Some(i) = best {
+            let mut v = pool.remove(i);
+            drop(pool);
+            if v.len() >= len {
+                v.truncate(len);
+            } else {
+                v.resize(len, 0.0);
             }
+            return v;
         }
     }
     vec![0.0; len]

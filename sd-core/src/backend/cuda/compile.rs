@@ -270,10 +270,10 @@ fn cubin_cached_in(
             module.name()
         ))
     });
-    if let Some(bytes) = file.as_ref().and_then(|path| std::fs::read(path).ok()) {
-        if !bytes.is_empty() {
-            return Ok(bytes);
-        }
+    if let Some(bytes) = file.as_ref().and_then(|path| std::fs::read(path).ok())
+        && !bytes.is_empty()
+    {
+        return Ok(bytes);
     }
     let compiled = compile_module(module, arch, &[])?;
     if let Some(path) = &file {
