@@ -6,7 +6,7 @@
 #
 # Pinned versions (the fixtures committed under tests/fixtures/ were made with these):
 #   torch 2.15.0, diffusers 0.42.1, transformers 5.23.0, safetensors 0.8.0,
-#   numpy 2.4.6, pillow 13.0.0 (Python 3.11)
+#   numpy 2.4.6, pillow 13.0.0, peft 0.21.2 (diffusers' LoRA loader needs it) (Python 3.11)
 #
 # Notes:
 # - The only reachable index is PyPI, whose Linux x86_64 torch wheel is the CUDA build.
@@ -26,6 +26,7 @@ TRANSFORMERS_VERSION=5.23.0
 SAFETENSORS_VERSION=0.8.0
 NUMPY_VERSION=2.4.6
 PILLOW_VERSION=13.0.0
+PEFT_VERSION=0.21.2
 
 "$PYTHON" -m venv "$VENV_DIR"
 "$VENV_DIR/bin/python" -m pip install --quiet --upgrade pip
@@ -35,7 +36,8 @@ PILLOW_VERSION=13.0.0
     "transformers==${TRANSFORMERS_VERSION}" \
     "safetensors==${SAFETENSORS_VERSION}" \
     "numpy==${NUMPY_VERSION}" \
-    "pillow==${PILLOW_VERSION}"
+    "pillow==${PILLOW_VERSION}" \
+    "peft==${PEFT_VERSION}"
 
 if "$VENV_DIR/bin/python" -c "import ftfy" 2>/dev/null; then
     echo "error: ftfy got installed into $VENV_DIR; remove it (pip uninstall ftfy)" >&2
@@ -43,11 +45,11 @@ if "$VENV_DIR/bin/python" -c "import ftfy" 2>/dev/null; then
 fi
 
 "$VENV_DIR/bin/python" - <<'PY'
-import diffusers, numpy, PIL, safetensors, torch, transformers
+import diffusers, numpy, peft, PIL, safetensors, torch, transformers
 x = torch.randn(4, 4, generator=torch.Generator("cpu").manual_seed(0))
 assert torch.isfinite(x @ x.T).all()
 print("torch", torch.__version__, "| diffusers", diffusers.__version__,
       "| transformers", transformers.__version__, "| safetensors", safetensors.__version__,
-      "| numpy", numpy.__version__, "| pillow", PIL.__version__)
+      "| numpy", numpy.__version__, "| pillow", PIL.__version__, "| peft", peft.__version__)
 PY
 echo "reference environment ready: $VENV_DIR"

@@ -10,6 +10,7 @@
 //! backends do the arithmetic.
 #![deny(missing_docs)]
 
+pub mod adapters;
 pub(crate) mod backend;
 pub mod error;
 pub mod image;

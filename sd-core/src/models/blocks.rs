@@ -8,6 +8,7 @@
 //! feed-forward of Shazeer, "GLU Variants Improve Transformer", 2020 (arXiv:2002.05202).
 
 use super::nn::{Conv2d, GroupNorm, LayerNorm, Linear};
+use super::params::{ParamVisitor, SharedAttentionHook, VisitParams};
 use crate::error::Result;
 use crate::tensor::{Activation, Conv2dParams, Tensor};
 use crate::weights::Weights;
@@ -78,6 +79,17 @@ impl ResnetBlock2D {
     }
 }
 
+impl VisitParams for ResnetBlock2D {
+    fn visit_params(&mut self, v: &mut ParamVisitor<'_>) -> Result<()> {
+        v.scope("norm1", |v| self.norm1.visit_params(v))?;
+        v.scope("conv1", |v| self.conv1.visit_params(v))?;
+        v.scope("time_emb_proj", |v| self.time_emb_proj.visit_params(v))?;
+        v.scope("norm2", |v| self.norm2.visit_params(v))?;
+        v.scope("conv2", |v| self.conv2.visit_params(v))?;
+        v.scope("conv_shortcut", |v| self.conv_shortcut.visit_params(v))
+    }
+}
+
 /// Multi-head attention with separate q/k/v projections (diffusers' `Attention`): self-attention
 /// when no context is given, cross-attention otherwise.
 #[derive(Debug, Clone)]
@@ -88,6 +100,8 @@ pub(crate) struct Attention {
     to_out: Linear,
     heads: usize,
     scale: f32,
+    /// Transforms the key/value context first (hypernetworks); `None` on a loaded model.
+    context_hook: Option<SharedAttentionHook>,
 }
 
 impl Attention {
@@ -108,6 +122,7 @@ impl Attention {
             to_out: Linear::new(&w.pp("to_out.0"), inner, query_dim, true)?,
             heads,
             scale: ((inner / heads) as f32).powf(-0.5),
+            context_hook: None,
         })
     }
 
@@ -115,10 +130,30 @@ impl Attention {
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
         let ctx = context.unwrap_or(x);
         let q = self.to_q.forward(x)?;
-        let k = self.to_k.forward(ctx)?;
-        let v = self.to_v.forward(ctx)?;
+        let hooked = match &self.context_hook {
+            Some(hook) => hook.transform(ctx)?,
+            None => None,
+        };
+        let (k, v) = match &hooked {
+            Some((ctx_k, ctx_v)) => (self.to_k.forward(ctx_k)?, self.to_v.forward(ctx_v)?),
+            None => (self.to_k.forward(ctx)?, self.to_v.forward(ctx)?),
+        };
         let o = Tensor::attention(&q, &k, &v, self.heads, self.scale, false)?;
         self.to_out.forward(&o)
+    }
+
+    /// Installs (or, with `None`, removes) the key/value context hook.
+    pub fn set_context_hook(&mut self, hook: Option<SharedAttentionHook>) {
+        self.context_hook = hook;
+    }
+}
+
+impl VisitParams for Attention {
+    fn visit_params(&mut self, v: &mut ParamVisitor<'_>) -> Result<()> {
+        v.scope("to_q", |v| self.to_q.visit_params(v))?;
+        v.scope("to_k", |v| self.to_k.visit_params(v))?;
+        v.scope("to_v", |v| self.to_v.visit_params(v))?;
+        v.scope("to_out.0", |v| self.to_out.visit_params(v))
     }
 }
 
@@ -159,6 +194,23 @@ impl BasicTransformerBlock {
         let h = self.ff_proj.forward(&self.norm3.forward(&x)?)?.geglu()?;
         x.add(&self.ff_out.forward(&h)?)
     }
+
+    fn set_context_hook(&mut self, hook: Option<&SharedAttentionHook>) {
+        self.attn1.set_context_hook(hook.cloned());
+        self.attn2.set_context_hook(hook.cloned());
+    }
+}
+
+impl VisitParams for BasicTransformerBlock {
+    fn visit_params(&mut self, v: &mut ParamVisitor<'_>) -> Result<()> {
+        v.scope("norm1", |v| self.norm1.visit_params(v))?;
+        v.scope("attn1", |v| self.attn1.visit_params(v))?;
+        v.scope("norm2", |v| self.norm2.visit_params(v))?;
+        v.scope("attn2", |v| self.attn2.visit_params(v))?;
+        v.scope("norm3", |v| self.norm3.visit_params(v))?;
+        v.scope("ff.net.0.proj", |v| self.ff_proj.visit_params(v))?;
+        v.scope("ff.net.2", |v| self.ff_out.visit_params(v))
+    }
 }
 
 /// The input and output projections of a spatial transformer: 1x1 convolutions (SD 1.x) or
@@ -182,6 +234,15 @@ impl Projection {
         match self {
             Projection::Conv(c) => c.forward(x),
             Projection::Linear(l) => l.forward(x),
+        }
+    }
+}
+
+impl VisitParams for Projection {
+    fn visit_params(&mut self, v: &mut ParamVisitor<'_>) -> Result<()> {
+        match self {
+            Projection::Conv(c) => c.visit_params(v),
+            Projection::Linear(l) => l.visit_params(v),
         }
     }
 }
@@ -231,6 +292,20 @@ impl SpatialTransformer {
         let hs = self.proj_out.forward(&hs.reshape([b, h, w, c])?)?;
         hs.add(x)
     }
+
+    /// Installs (or removes) the key/value context hook of both attention layers.
+    pub fn set_context_hook(&mut self, hook: Option<&SharedAttentionHook>) {
+        self.block.set_context_hook(hook);
+    }
+}
+
+impl VisitParams for SpatialTransformer {
+    fn visit_params(&mut self, v: &mut ParamVisitor<'_>) -> Result<()> {
+        v.scope("norm", |v| self.norm.visit_params(v))?;
+        v.scope("proj_in", |v| self.proj_in.visit_params(v))?;
+        v.scope("transformer_blocks.0", |v| self.block.visit_params(v))?;
+        v.scope("proj_out", |v| self.proj_out.visit_params(v))
+    }
 }
 
 /// A stride-2 3x3 convolution halving the resolution. `asymmetric_pad` pads only bottom and
@@ -263,6 +338,12 @@ impl Downsample {
     }
 }
 
+impl VisitParams for Downsample {
+    fn visit_params(&mut self, v: &mut ParamVisitor<'_>) -> Result<()> {
+        v.scope("conv", |v| self.conv.visit_params(v))
+    }
+}
+
 /// Nearest-neighbour upsampling (2x, or to an explicit size) followed by a 3x3 convolution.
 #[derive(Debug, Clone)]
 pub(crate) struct Upsample {
@@ -283,5 +364,11 @@ impl Upsample {
             None => x.upsample_nearest2x()?,
         };
         self.conv.forward(&up)
+    }
+}
+
+impl VisitParams for Upsample {
+    fn visit_params(&mut self, v: &mut ParamVisitor<'_>) -> Result<()> {
+        v.scope("conv", |v| self.conv.visit_params(v))
     }
 }

@@ -11,6 +11,7 @@
 
 use super::config::{ClipActivation, ClipConfig};
 use super::nn::{LayerNorm, Linear};
+use super::params::{ParamLayout, ParamMut, ParamVisitor, VisitParams, visit_list};
 use crate::error::{Error, Result};
 use crate::tensor::{Activation, Tensor};
 use crate::weights::Weights;
@@ -45,6 +46,15 @@ impl ClipAttention {
         let v = self.v_proj.forward(x)?;
         let o = Tensor::attention(&q, &k, &v, self.heads, self.scale, true)?;
         self.out_proj.forward(&o)
+    }
+}
+
+impl VisitParams for ClipAttention {
+    fn visit_params(&mut self, v: &mut ParamVisitor<'_>) -> Result<()> {
+        v.scope("q_proj", |v| self.q_proj.visit_params(v))?;
+        v.scope("k_proj", |v| self.k_proj.visit_params(v))?;
+        v.scope("v_proj", |v| self.v_proj.visit_params(v))?;
+        v.scope("out_proj", |v| self.out_proj.visit_params(v))
     }
 }
 
@@ -86,6 +96,16 @@ impl ClipEncoderLayer {
     }
 }
 
+impl VisitParams for ClipEncoderLayer {
+    fn visit_params(&mut self, v: &mut ParamVisitor<'_>) -> Result<()> {
+        v.scope("layer_norm1", |v| self.layer_norm1.visit_params(v))?;
+        v.scope("self_attn", |v| self.self_attn.visit_params(v))?;
+        v.scope("layer_norm2", |v| self.layer_norm2.visit_params(v))?;
+        v.scope("mlp.fc1", |v| self.fc1.visit_params(v))?;
+        v.scope("mlp.fc2", |v| self.fc2.visit_params(v))
+    }
+}
+
 /// The CLIP text encoder. Weights are read under `text_model.` (transformers' names).
 #[derive(Debug, Clone)]
 pub struct ClipTextModel {
@@ -124,6 +144,38 @@ impl ClipTextModel {
         &self.config
     }
 
+    /// Calls `visit` with every parameter and its transformers name
+    /// (`text_model.embeddings.token_embedding.weight`,
+    /// `text_model.encoder.layers.0.self_attn.q_proj.weight`, …), in a fixed order. Replacing a
+    /// value changes this model only; patch a clone to keep the loaded model as it is.
+    ///
+    /// # Errors
+    /// The first error `visit` returns.
+    pub fn visit_parameters(
+        &mut self,
+        visit: &mut dyn FnMut(&str, ParamMut<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let mut v = ParamVisitor::new(visit);
+        v.scope("text_model", |v| {
+            v.scope("embeddings", |v| {
+                v.tensor(
+                    "token_embedding.weight",
+                    &mut self.token_embedding,
+                    ParamLayout::Torch,
+                )?;
+                v.tensor(
+                    "position_embedding.weight",
+                    &mut self.position_embedding,
+                    ParamLayout::Torch,
+                )
+            })?;
+            visit_list(v, "encoder.layers", &mut self.layers)?;
+            v.scope("final_layer_norm", |v| {
+                self.final_layer_norm.visit_params(v)
+            })
+        })
+    }
+
     /// Encodes token ids: `ids` holds `batch` sequences of equal length (at most
     /// `max_position_embeddings`). Returns `[batch, len, hidden]`, the hidden state `clip_skip`
     /// layers from the end (A1111's counting: 1 = last layer) after the final layer norm.
@@ -132,6 +184,23 @@ impl ClipTextModel {
     /// [`Error::InvalidArgument`] for ragged or over-long sequences, token ids outside the
     /// vocabulary, or a `clip_skip` of 0 or more than the number of layers.
     pub fn forward(&self, ids: &[Vec<u32>], clip_skip: usize) -> Result<Tensor> {
+        self.forward_with_vectors(ids, &[], clip_skip)
+    }
+
+    /// [`forward`](Self::forward) with token embeddings replaced by given vectors: each
+    /// [`InsertedVectors`] puts its rows in place of the token embeddings of one sequence from
+    /// one position on (textual-inversion embeddings, which A1111 splices in after the token
+    /// lookup and before the position embeddings are added).
+    ///
+    /// # Errors
+    /// Those of [`forward`](Self::forward), and [`Error::InvalidArgument`] for vectors of the
+    /// wrong width, or placed outside their sequence or over another insertion.
+    pub fn forward_with_vectors(
+        &self,
+        ids: &[Vec<u32>],
+        inserts: &[InsertedVectors],
+        clip_skip: usize,
+    ) -> Result<Tensor> {
         let batch = ids.len();
         let len = ids.first().map_or(0, Vec::len);
         if batch == 0 || len == 0 || ids.iter().any(|s| s.len() != len) {
@@ -157,10 +226,11 @@ impl ClipTextModel {
         }
         let flat: Vec<usize> = ids.iter().flatten().map(|&i| i as usize).collect();
         let d = self.config.hidden_size;
-        let tokens = self
-            .token_embedding
-            .gather_rows(&flat)?
-            .reshape([batch, len, d])?;
+        let mut tokens = self.token_embedding.gather_rows(&flat)?;
+        if !inserts.is_empty() {
+            tokens = splice_rows(&tokens, inserts, batch, len, d)?;
+        }
+        let tokens = tokens.reshape([batch, len, d])?;
         let positions: Vec<usize> = (0..len).collect();
         let pos = self
             .position_embedding
@@ -174,4 +244,60 @@ impl ClipTextModel {
         }
         self.final_layer_norm.forward(&x)
     }
+}
+
+/// Vectors that replace token embeddings in one sequence of a batch (see
+/// [`ClipTextModel::forward_with_vectors`]).
+#[derive(Debug, Clone)]
+pub struct InsertedVectors {
+    /// The sequence, an index into the batch.
+    pub sequence: usize,
+    /// The position of the first vector in the sequence.
+    pub offset: usize,
+    /// The vectors, `[n, hidden]`, on the model's device.
+    pub vectors: Tensor,
+}
+
+/// Replaces rows of `tokens` `[batch * len, d]` by the inserted vectors.
+fn splice_rows(
+    tokens: &Tensor,
+    inserts: &[InsertedVectors],
+    batch: usize,
+    len: usize,
+    d: usize,
+) -> Result<Tensor> {
+    let mut sorted: Vec<&InsertedVectors> = inserts.iter().collect();
+    sorted.sort_by_key(|i| (i.sequence, i.offset));
+    let mut pieces = Vec::with_capacity(2 * sorted.len() + 1);
+    let mut next_row = 0;
+    for insert in sorted {
+        let v = &insert.vectors;
+        if v.rank() != 2 || v.dims()[1] != d || v.dims()[0] == 0 {
+            return Err(Error::invalid_argument(
+                "inserted vectors",
+                format!("shape {} is not [n, {d}]", v.shape()),
+            ));
+        }
+        let n = v.dims()[0];
+        let start = insert.sequence * len + insert.offset;
+        if insert.sequence >= batch || insert.offset + n > len || start < next_row {
+            return Err(Error::invalid_argument(
+                "inserted vectors",
+                format!(
+                    "{n} vectors at position {} of sequence {} do not fit {batch} sequences of \
+                     {len} tokens without overlapping another insertion",
+                    insert.offset, insert.sequence
+                ),
+            ));
+        }
+        if start > next_row {
+            pieces.push(tokens.narrow(0, next_row, start - next_row)?);
+        }
+        pieces.push(v.clone());
+        next_row = start + n;
+    }
+    if next_row < batch * len {
+        pieces.push(tokens.narrow(0, next_row, batch * len - next_row)?);
+    }
+    Tensor::cat(&pieces.iter().collect::<Vec<_>>(), 0)
 }

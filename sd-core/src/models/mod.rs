@@ -5,10 +5,12 @@ pub(crate) mod blocks;
 pub mod clip;
 pub mod config;
 pub mod nn;
+pub mod params;
 pub mod unet;
 pub mod vae;
 
-pub use clip::ClipTextModel;
+pub use clip::{ClipTextModel, InsertedVectors};
 pub use config::{ClipActivation, ClipConfig, UNetBlockKind, UNetConfig, VaeConfig};
+pub use params::{AttentionContextHook, ParamLayout, ParamMut, ParamVisitor, SharedAttentionHook};
 pub use unet::UNet2DConditionModel;
 pub use vae::AutoencoderKL;

@@ -1,5 +1,6 @@
 //! The layers the models are built from, each loading its weights by their PyTorch names.
 
+use super::params::{ParamLayout, ParamVisitor, VisitParams};
 use crate::error::Result;
 use crate::tensor::{Activation, Conv2dParams, Tensor};
 use crate::weights::Weights;
@@ -26,6 +27,16 @@ impl Linear {
     /// Applies the layer to `[.., in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+impl VisitParams for Linear {
+    fn visit_params(&mut self, v: &mut ParamVisitor<'_>) -> Result<()> {
+        v.tensor("weight", &mut self.weight, ParamLayout::Torch)?;
+        if let Some(bias) = &mut self.bias {
+            v.tensor("bias", bias, ParamLayout::Torch)?;
+        }
+        Ok(())
     }
 }
 
@@ -76,6 +87,13 @@ impl Conv2d {
     }
 }
 
+impl VisitParams for Conv2d {
+    fn visit_params(&mut self, v: &mut ParamVisitor<'_>) -> Result<()> {
+        v.tensor("weight", &mut self.weight, ParamLayout::ConvKhKwInOut)?;
+        v.tensor("bias", &mut self.bias, ParamLayout::Torch)
+    }
+}
+
 /// Group normalisation, `nn.GroupNorm`, over the channel (last) dimension.
 #[derive(Debug, Clone)]
 pub struct GroupNorm {
@@ -107,6 +125,13 @@ impl GroupNorm {
     }
 }
 
+impl VisitParams for GroupNorm {
+    fn visit_params(&mut self, v: &mut ParamVisitor<'_>) -> Result<()> {
+        v.tensor("weight", &mut self.gamma, ParamLayout::Torch)?;
+        v.tensor("bias", &mut self.beta, ParamLayout::Torch)
+    }
+}
+
 /// Layer normalisation, `nn.LayerNorm`, over the last dimension.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
@@ -128,5 +153,12 @@ impl LayerNorm {
     /// Normalises the last dimension.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.layer_norm(&self.gamma, &self.beta, self.eps)
+    }
+}
+
+impl VisitParams for LayerNorm {
+    fn visit_params(&mut self, v: &mut ParamVisitor<'_>) -> Result<()> {
+        v.tensor("weight", &mut self.gamma, ParamLayout::Torch)?;
+        v.tensor("bias", &mut self.beta, ParamLayout::Torch)
     }
 }

@@ -13,6 +13,7 @@ use super::blocks::{
 };
 use super::config::{UNetBlockKind, UNetConfig};
 use super::nn::{Conv2d, GroupNorm, Linear};
+use super::params::{ParamMut, ParamVisitor, SharedAttentionHook, VisitParams, visit_list};
 use crate::error::{Error, Result};
 use crate::tensor::{Activation, Device, Tensor};
 use crate::weights::Weights;
@@ -187,6 +188,39 @@ impl UNet2DConditionModel {
         &self.config
     }
 
+    /// Calls `visit` with every parameter and its diffusers name (`conv_in.weight`,
+    /// `down_blocks.0.attentions.1.transformer_blocks.0.attn2.to_k.weight`, …), in a fixed order.
+    /// Replacing a value through the [`ParamMut`] changes this model only: clones share their
+    /// tensors, so patch a clone to keep the loaded model as it is.
+    ///
+    /// # Errors
+    /// The first error `visit` returns.
+    pub fn visit_parameters(
+        &mut self,
+        visit: &mut dyn FnMut(&str, ParamMut<'_>) -> Result<()>,
+    ) -> Result<()> {
+        self.visit_params(&mut ParamVisitor::new(visit))
+    }
+
+    /// Installs `hook` on every attention layer (self- and cross-attention, every block), or
+    /// removes it with `None`. The hook sees each layer's key/value context before `to_k`/`to_v`.
+    pub fn set_attention_context_hook(&mut self, hook: Option<SharedAttentionHook>) {
+        let hook = hook.as_ref();
+        for block in &mut self.down {
+            block
+                .attentions
+                .iter_mut()
+                .for_each(|a| a.set_context_hook(hook));
+        }
+        self.mid_attention.set_context_hook(hook);
+        for block in &mut self.up {
+            block
+                .attentions
+                .iter_mut()
+                .for_each(|a| a.set_context_hook(hook));
+        }
+    }
+
     /// Predicts the noise (or v) for `sample` `[b, c, h, w]` (NCHW) at `timestep`, conditioned on
     /// `context` `[b, tokens, cross_attention_dim]`. Returns NCHW.
     pub fn forward(&self, sample: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
@@ -294,5 +328,38 @@ impl UNet2DConditionModel {
         let emb = Tensor::from_vec(emb, [batch, dim], device)?;
         let h = self.time_linear_1.forward(&emb)?.silu()?;
         self.time_linear_2.forward(&h)
+    }
+}
+
+impl VisitParams for UNet2DConditionModel {
+    fn visit_params(&mut self, v: &mut ParamVisitor<'_>) -> Result<()> {
+        v.scope("time_embedding.linear_1", |v| {
+            self.time_linear_1.visit_params(v)
+        })?;
+        v.scope("time_embedding.linear_2", |v| {
+            self.time_linear_2.visit_params(v)
+        })?;
+        v.scope("conv_in", |v| self.conv_in.visit_params(v))?;
+        for (i, block) in self.down.iter_mut().enumerate() {
+            v.scope(format_args!("down_blocks.{i}"), |v| {
+                visit_list(v, "resnets", &mut block.resnets)?;
+                visit_list(v, "attentions", &mut block.attentions)?;
+                v.scope("downsamplers.0", |v| block.downsampler.visit_params(v))
+            })?;
+        }
+        v.scope("mid_block", |v| {
+            v.scope("resnets.0", |v| self.mid_resnet_1.visit_params(v))?;
+            v.scope("attentions.0", |v| self.mid_attention.visit_params(v))?;
+            v.scope("resnets.1", |v| self.mid_resnet_2.visit_params(v))
+        })?;
+        for (i, block) in self.up.iter_mut().enumerate() {
+            v.scope(format_args!("up_blocks.{i}"), |v| {
+                visit_list(v, "resnets", &mut block.resnets)?;
+                visit_list(v, "attentions", &mut block.attentions)?;
+                v.scope("upsamplers.0", |v| block.upsampler.visit_params(v))
+            })?;
+        }
+        v.scope("conv_norm_out", |v| self.conv_norm_out.visit_params(v))?;
+        v.scope("conv_out", |v| self.conv_out.visit_params(v))
     }
 }

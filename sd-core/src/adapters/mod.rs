@@ -1,0 +1,7 @@
+//! Add-ons that steer a loaded model, as users share them: textual-inversion [`embedding`]s
+//! (vectors spliced into the text encoder's input), and, built on the parameter and attention
+//! seams of [`crate::models::params`], LoRA-family weight patches and hypernetworks.
+
+pub mod embedding;
+
+pub use embedding::{Embedding, EmbeddingSet};
