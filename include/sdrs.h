@@ -166,6 +166,40 @@ typedef uint32_t sdrs_device_kind;
 #endif // __cplusplus
 
 /**
+ * The float type `sdrs_checkpoint_convert` writes, for its `uint32_t dtype` argument; any
+ * other value is rejected with `SDRS_STATUS_INVALID_ARGUMENT`.
+ */
+enum sdrs_convert_dtype
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Keep each tensor's stored type.
+   */
+  SDRS_CONVERT_DTYPE_KEEP = 0,
+  /**
+   * 32-bit float.
+   */
+  SDRS_CONVERT_DTYPE_F32 = 1,
+  /**
+   * 16-bit IEEE float.
+   */
+  SDRS_CONVERT_DTYPE_F16 = 2,
+  /**
+   * bfloat16.
+   */
+  SDRS_CONVERT_DTYPE_BF16 = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum sdrs_convert_dtype sdrs_convert_dtype;
+#else
+typedef uint32_t sdrs_convert_dtype;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * The images of one `sdrs_pipeline_generate` call, with their generation parameters, owned by
  * the caller and destroyed by `sdrs_images_free`. Under the hood it is a `Box` of the results.
  * Reading it from several threads at once is fine.
@@ -182,6 +216,58 @@ typedef struct sdrs_images sdrs_images;
  * hood it is an `Arc<Pipeline>`.
  */
 typedef struct sdrs_pipeline sdrs_pipeline;
+
+/**
+ * What `sdrs_checkpoint_scan` found in a file, owned by the caller and destroyed by
+ * `sdrs_scan_report_free`. Reading it from several threads at once is fine.
+ */
+typedef struct sdrs_scan_report sdrs_scan_report;
+
+/**
+ * One tensor of a scanned file, borrowed from its `sdrs_scan_report`: every pointer stays
+ * valid until `sdrs_scan_report_free`; never free them.
+ */
+typedef struct sdrs_scanned_tensor {
+  /**
+   * The tensor's name as stored (nested dicts flattened with `.`), UTF-8.
+   */
+  const char *name;
+  /**
+   * The stored element type as safetensors names it (`F32`, `F16`, `BF16`, `I64`, ...).
+   */
+  const char *dtype;
+  /**
+   * The dimensions, `rank` of them (NULL when `rank` is 0).
+   */
+  const size_t *shape;
+  /**
+   * The number of dimensions.
+   */
+  size_t rank;
+} sdrs_scanned_tensor;
+
+/**
+ * One global (Python module and name) a scanned pickle refers to, borrowed from its
+ * `sdrs_scan_report`.
+ */
+typedef struct sdrs_scanned_global {
+  /**
+   * The module, as written in the file.
+   */
+  const char *module;
+  /**
+   * The name, as written in the file.
+   */
+  const char *name;
+  /**
+   * How many times the pickle names it.
+   */
+  size_t count;
+  /**
+   * Byte offset of the first reference in its pickle.
+   */
+  uint64_t first_offset;
+} sdrs_scanned_global;
 
 /**
  * A borrowed view of one image: 8-bit RGB, row-major, no padding beyond `stride`.
@@ -372,6 +458,144 @@ const char *sdrs_version(void);
  * built against a header whose `SDRS_ABI_VERSION` differs must not use this library.
  */
 uint32_t sdrs_abi_version(void);
+
+/**
+ * Reads what the file at `path` (UTF-8) holds and whether it can be loaded, running nothing
+ * from it: a `.ckpt`/`.pt`/`.bin` pickle checkpoint (torch zip or legacy) or a
+ * `.safetensors` file, recognised by content.
+ *
+ * A hostile or malformed file is not a failure: the call returns `SDRS_STATUS_OK` and a report
+ * whose `sdrs_scan_report_loadable` is false and whose `sdrs_scan_report_reason` says what was
+ * refused and where. The call fails only when the file cannot be read (`SDRS_STATUS_NOT_FOUND`,
+ * `SDRS_STATUS_IO`). On success `*report_out` receives a report the caller frees with
+ * `sdrs_scan_report_free`; on failure it is NULL.
+ *
+ * # Safety
+ * `path` is NULL or NUL-terminated; `report_out` is NULL or writable.
+ */
+sdrs_status sdrs_checkpoint_scan(const char *path, struct sdrs_scan_report **report_out);
+
+/**
+ * Whether the scanned file can be loaded (nothing in it would run; every global is allowed).
+ * False when `report` is NULL.
+ *
+ * # Safety
+ * `report` is NULL or live.
+ */
+bool sdrs_scan_report_loadable(const struct sdrs_scan_report *report);
+
+/**
+ * The whole report as text, as `convert --scan` prints it (format, tensors, metadata, globals,
+ * verdict), with control characters from the file escaped. Borrowed: valid until
+ * `sdrs_scan_report_free`. NULL when `report` is NULL.
+ *
+ * # Safety
+ * `report` is NULL or live.
+ */
+const char *sdrs_scan_report_text(const struct sdrs_scan_report *report);
+
+/**
+ * The container in words (`safetensors`, `torch zip (...)`, `torch legacy ...`, or what the
+ * file is when it is not a checkpoint). Borrowed like `sdrs_scan_report_text`.
+ *
+ * # Safety
+ * `report` is NULL or live.
+ */
+const char *sdrs_scan_report_format(const struct sdrs_scan_report *report);
+
+/**
+ * Why the file was refused (what and where), or NULL when it is loadable (or `report` is
+ * NULL). Borrowed like `sdrs_scan_report_text`.
+ *
+ * # Safety
+ * `report` is NULL or live.
+ */
+const char *sdrs_scan_report_reason(const struct sdrs_scan_report *report);
+
+/**
+ * The number of tensors the file declares (0 when refused or when `report` is NULL).
+ *
+ * # Safety
+ * `report` is NULL or live.
+ */
+size_t sdrs_scan_report_tensor_count(const struct sdrs_scan_report *report);
+
+/**
+ * Tensor `index` (in file order) into `*tensor_out`; `SDRS_STATUS_INVALID_ARGUMENT` when
+ * `index` is out of range.
+ *
+ * # Safety
+ * `report` is NULL or live; `tensor_out` is NULL or writable.
+ */
+sdrs_status sdrs_scan_report_tensor(const struct sdrs_scan_report *report,
+                                    size_t index,
+                                    struct sdrs_scanned_tensor *tensor_out);
+
+/**
+ * The number of distinct globals the pickle names (0 for safetensors, when refused, or when
+ * `report` is NULL).
+ *
+ * # Safety
+ * `report` is NULL or live.
+ */
+size_t sdrs_scan_report_global_count(const struct sdrs_scan_report *report);
+
+/**
+ * Global `index` (sorted by module, then name) into `*global_out`;
+ * `SDRS_STATUS_INVALID_ARGUMENT` when `index` is out of range.
+ *
+ * # Safety
+ * `report` is NULL or live; `global_out` is NULL or writable.
+ */
+sdrs_status sdrs_scan_report_global(const struct sdrs_scan_report *report,
+                                    size_t index,
+                                    struct sdrs_scanned_global *global_out);
+
+/**
+ * The number of metadata entries (safetensors `__metadata__`, or a checkpoint's scalar
+ * entries such as `global_step`); 0 when `report` is NULL.
+ *
+ * # Safety
+ * `report` is NULL or live.
+ */
+size_t sdrs_scan_report_metadata_count(const struct sdrs_scan_report *report);
+
+/**
+ * Metadata entry `index` (sorted by key): `*key_out` and `*value_out` receive borrowed
+ * strings, valid until `sdrs_scan_report_free`. `SDRS_STATUS_INVALID_ARGUMENT` when `index` is
+ * out of range.
+ *
+ * # Safety
+ * `report` is NULL or live; `key_out` and `value_out` are NULL or writable.
+ */
+sdrs_status sdrs_scan_report_metadata(const struct sdrs_scan_report *report,
+                                      size_t index,
+                                      const char **key_out,
+                                      const char **value_out);
+
+/**
+ * Frees a report and every string and view borrowed from it. Calling with NULL is fine. Must
+ * not be called twice with the same value.
+ *
+ * # Safety
+ * `report` is NULL or a report from `sdrs_checkpoint_scan` that has not been freed.
+ */
+void sdrs_scan_report_free(struct sdrs_scan_report *report);
+
+/**
+ * Converts the checkpoint at `input` (a `.ckpt`/`.pt`/`.bin` pickle or a `.safetensors`
+ * file) to a `.safetensors` file at `output` (both UTF-8), keeping tensor names as stored and
+ * scalar entries as metadata. `dtype` is an `sdrs_convert_dtype`: with a float type, float
+ * tensors are converted to it (integer and bool tensors are always kept).
+ *
+ * A refused file (hostile or malformed) fails with the reader's status (usually
+ * `SDRS_STATUS_INVALID_MODEL`) and writes nothing; an unreadable input or unwritable output
+ * fails with `SDRS_STATUS_NOT_FOUND` or `SDRS_STATUS_IO`.
+ *
+ * # Safety
+ * `input` and `output` are NULL or NUL-terminated.
+ */
+sdrs_status sdrs_checkpoint_convert(const char *input, const char *output, uint32_t dtype);
 
 /**
  * The message of the last failed `sdrs_` call on this thread, or NULL if the last call that

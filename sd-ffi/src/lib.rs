@@ -17,14 +17,16 @@
 //! Threading: an `sdrs_pipeline` is immutable and may be shared by threads; each
 //! `sdrs_pipeline_generate` call is one generation on its calling thread.
 //!
-//! Roadmap: checkpoint scanning and conversion, LoRA / adapters and a log callback are not part
-//! of the C API yet.
+//! Checkpoints can be scanned (`sdrs_checkpoint_scan`: what a file holds and whether it is safe
+//! to load) and converted to safetensors (`sdrs_checkpoint_convert`) without loading a model;
+//! no code from a file ever runs.
 #![deny(missing_docs)]
 // The C names are the API (`sdrs_pipeline`, `sdrs_status`, ...).
 #![allow(non_camel_case_types)]
 
 use std::ffi::c_char;
 
+mod checkpoint;
 mod error;
 mod handle;
 mod images;
@@ -33,6 +35,13 @@ mod panic;
 mod params;
 mod pipeline;
 
+pub use checkpoint::{
+    sdrs_checkpoint_convert, sdrs_checkpoint_scan, sdrs_convert_dtype, sdrs_scan_report,
+    sdrs_scan_report_format, sdrs_scan_report_free, sdrs_scan_report_global,
+    sdrs_scan_report_global_count, sdrs_scan_report_loadable, sdrs_scan_report_metadata,
+    sdrs_scan_report_metadata_count, sdrs_scan_report_reason, sdrs_scan_report_tensor,
+    sdrs_scan_report_tensor_count, sdrs_scan_report_text, sdrs_scanned_global, sdrs_scanned_tensor,
+};
 pub use error::{sdrs_last_error_message, sdrs_status, sdrs_status_str};
 pub use images::{
     sdrs_image_save_png, sdrs_image_view, sdrs_images, sdrs_images_count, sdrs_images_free,

@@ -40,6 +40,12 @@ impl Neutral for u32 {
     }
 }
 
+impl Neutral for bool {
+    fn neutral() -> Self {
+        false
+    }
+}
+
 impl Neutral for () {
     fn neutral() -> Self {}
 }

@@ -141,7 +141,17 @@ fn compile(source: &Path, dir: &Path) -> Result<PathBuf, Box<dyn std::error::Err
 
 /// Runs a compiled C program with leak detection on; fails with its output on a non-zero exit.
 fn run(exe: &Path, args: &[&std::ffi::OsStr]) -> Result<String, Box<dyn std::error::Error>> {
+    run_in(exe, args, Path::new("."))
+}
+
+/// [`run`] with `cwd` as the working directory.
+fn run_in(
+    exe: &Path,
+    args: &[&std::ffi::OsStr],
+    cwd: &Path,
+) -> Result<String, Box<dyn std::error::Error>> {
     let output = Command::new(exe)
+        .current_dir(cwd)
         .args(args)
         .env(
             "ASAN_OPTIONS",
@@ -168,6 +178,44 @@ fn error_paths() -> TestResult {
     let exe = compile(&ffi_dir().join("tests/c/api_errors.c"), &dir)?;
     let out = run(&exe, &[model_dir().as_os_str()])?;
     assert!(out.contains("api_errors: 0 failed checks"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn checkpoints_are_scanned_and_converted() -> TestResult {
+    let dir = out_dir("checkpoint")?;
+    let canary = dir.join("canary");
+    let _ = std::fs::remove_file(&canary);
+    // A torch legacy checkpoint (magic-number, protocol and sys_info pickles) whose object is
+    // posix.system("touch <canary>").
+    let cmd = format!("touch {}", canary.display());
+    let mut hostile = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.".to_vec();
+    hostile.extend_from_slice(b"\x80\x02M\xe9\x03.");
+    hostile.extend_from_slice(b"\x80\x02}X\x0d\x00\x00\x00little_endian\x88s.");
+    hostile.extend_from_slice(b"\x80\x02cposix\nsystem\nq\x00X");
+    hostile.extend_from_slice(&u32::try_from(cmd.len())?.to_le_bytes());
+    hostile.extend_from_slice(cmd.as_bytes());
+    hostile.extend_from_slice(b"\x85q\x01Rq\x02.");
+    let hostile_path = dir.join("hostile.pkl");
+    std::fs::write(&hostile_path, hostile)?;
+    let _ = std::fs::remove_file(dir.join("hostile.safetensors"));
+
+    let exe = compile(&ffi_dir().join("tests/c/checkpoint.c"), &dir)?;
+    let genuine = repo_dir().join("tests/fixtures/ckpt/pl_train.ckpt");
+    let out = run(
+        &exe,
+        &[
+            genuine.as_os_str(),
+            hostile_path.as_os_str(),
+            dir.as_os_str(),
+        ],
+    )?;
+    assert!(out.contains("checkpoint: 0 failed checks"), "{out}");
+    assert!(!canary.exists(), "the hostile pickle's payload ran");
+    assert!(
+        !dir.join("hostile.safetensors").exists(),
+        "an output was written for a refused file"
+    );
     Ok(())
 }
 
@@ -287,5 +335,34 @@ fn c_example_builds_and_runs() -> TestResult {
     assert!(out.contains("Steps: 10"), "{out}");
     let text = image::read_png_text(&png)?;
     assert!(text.iter().any(|(k, _)| k == "parameters"));
+    Ok(())
+}
+
+/// The README's C program (the first ```c block of its "From C" section) compiles with the
+/// strict flags, runs from the repository root and writes its image.
+#[test]
+fn readme_c_snippet_builds_and_runs() -> TestResult {
+    let readme = std::fs::read_to_string(repo_dir().join("README.md"))?;
+    let section = readme
+        .split("## From C")
+        .nth(1)
+        .ok_or("README has no `## From C` section")?;
+    let snippet = section
+        .split("```c\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .ok_or("the `From C` section has no ```c block")?;
+    let dir = out_dir("readme")?;
+    let source = dir.join("readme_snippet.c");
+    std::fs::write(&source, snippet)?;
+    let exe = compile(&source, &dir)?;
+    let png = repo_dir().join("readme.png");
+    let _ = std::fs::remove_file(&png);
+    let out = run_in(&exe, &[], &repo_dir());
+    let written = image::read_png_text(&png);
+    let _ = std::fs::remove_file(&png);
+    let out = out?;
+    assert!(out.contains("Seed: 42"), "{out}");
+    assert!(written?.iter().any(|(k, _)| k == "parameters"));
     Ok(())
 }

@@ -7,12 +7,17 @@
 //! [`ckpt`] read pickle checkpoints without running any of their code.
 
 pub mod ckpt;
+pub mod convert;
 pub mod layout;
 pub mod names;
 pub mod pickle;
 pub mod safetensors;
 pub mod store;
 
+pub use convert::{
+    ConvertDType, ConvertSummary, ScanReport, ScannedGlobal, ScannedTensor, Verdict,
+    convert_to_safetensors, scan_checkpoint,
+};
 pub use layout::{Layout, LoadOptions, ModelFiles, open_tensor_source};
 pub use names::{KeyMapping, ModelFamily};
 pub use safetensors::{

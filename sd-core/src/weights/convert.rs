@@ -1,0 +1,428 @@
+//! Scanning a checkpoint (what it holds and whether it is safe to load) and converting it to
+//! safetensors, without running any of its code.
+//!
+//! The input's format is recognised from its content, never from its extension: a torch zip or
+//! legacy pickle checkpoint (`.ckpt`, `.pt`, `.bin`) is read by the restricted interpreter, a
+//! `.safetensors` file by the validated reader. Anything else is refused with its kind named.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+
+use super::ckpt::{CkptFile, CkptFormat};
+use super::layout::{FileKind, sniff};
+use super::pickle::{Limits, escape};
+use super::safetensors::{RawTensor, SafetensorsFile, write_safetensors_raw};
+use super::store::{StoredDType, TensorSource};
+use crate::error::{Error, ErrorKind, Result};
+
+/// The float type a conversion writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvertDType {
+    /// 32-bit float.
+    F32,
+    /// 16-bit IEEE float.
+    F16,
+    /// bfloat16.
+    BF16,
+}
+
+impl ConvertDType {
+    /// Parses `f32`, `f16` or `bf16`.
+    pub fn parse(name: &str) -> Option<ConvertDType> {
+        match name {
+            "f32" => Some(ConvertDType::F32),
+            "f16" => Some(ConvertDType::F16),
+            "bf16" => Some(ConvertDType::BF16),
+            _ => None,
+        }
+    }
+
+    fn stored(self) -> StoredDType {
+        match self {
+            ConvertDType::F32 => StoredDType::F32,
+            ConvertDType::F16 => StoredDType::F16,
+            ConvertDType::BF16 => StoredDType::BF16,
+        }
+    }
+
+    fn encode(self, values: &[f32]) -> Vec<u8> {
+        match self {
+            ConvertDType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ConvertDType::F16 => values
+                .iter()
+                .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+                .collect(),
+            ConvertDType::BF16 => values
+                .iter()
+                .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+                .collect(),
+        }
+    }
+}
+
+/// One tensor a scanned file declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScannedTensor {
+    /// Its name as the reader names it (nested dicts flattened with `.`).
+    pub name: String,
+    /// The stored element type.
+    pub dtype: StoredDType,
+    /// The shape.
+    pub shape: Vec<usize>,
+}
+
+/// A global (module and name) a pickle refers to, with how often and where first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScannedGlobal {
+    /// The module, as written in the file.
+    pub module: String,
+    /// The name, as written in the file.
+    pub name: String,
+    /// How many `GLOBAL` opcodes name it.
+    pub count: usize,
+    /// Byte offset of the first one in its pickle.
+    pub first_offset: u64,
+}
+
+/// The outcome of a scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The file can be loaded: nothing in it would run, every global is on the allow-list.
+    Loadable,
+    /// The file is refused (hostile or malformed); nothing was executed.
+    Refused {
+        /// Why, naming what was refused and where.
+        reason: String,
+    },
+}
+
+/// What [`scan_checkpoint`] found in a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanReport {
+    /// The file scanned.
+    pub path: PathBuf,
+    /// The container, in words (`safetensors`, `torch zip (…)`, `torch legacy …`, or the kind
+    /// of a file that is not a checkpoint).
+    pub format: String,
+    /// Every tensor, in file order (empty when refused).
+    pub tensors: Vec<ScannedTensor>,
+    /// Metadata: safetensors `__metadata__`, or a checkpoint's scalar entries.
+    pub metadata: BTreeMap<String, String>,
+    /// Every global the pickle names (empty for safetensors).
+    pub globals: Vec<ScannedGlobal>,
+    /// Checkpoint entries that are neither tensors nor dicts of tensors, skipped.
+    pub ignored_entries: usize,
+    /// Loadable or refused.
+    pub verdict: Verdict,
+}
+
+impl ScanReport {
+    /// Whether the verdict is [`Verdict::Loadable`].
+    pub fn is_loadable(&self) -> bool {
+        self.verdict == Verdict::Loadable
+    }
+}
+
+/// Tensors listed one by one by the text report up to this count; beyond it, the first half
+/// and a count.
+const LIST_ALL_UP_TO: usize = 64;
+
+impl fmt::Display for ScanReport {
+    /// The human-readable report: format, tensors (with a per-dtype summary), metadata, the
+    /// globals, and the verdict. Names and values from the file are escaped, so the text is
+    /// safe to print to a terminal.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "file: {}", self.path.display())?;
+        writeln!(f, "format: {}", self.format)?;
+        if let Verdict::Refused { reason } = &self.verdict {
+            writeln!(f, "verdict: REFUSED (nothing was executed)")?;
+            return write!(f, "reason: {}", escape(reason));
+        }
+        writeln!(f, "tensors: {}", self.tensors.len())?;
+        let mut by_dtype: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+        let n = self.tensors.len();
+        for (i, t) in self.tensors.iter().enumerate() {
+            let numel: u64 = t.shape.iter().map(|&d| d as u64).product();
+            let entry = by_dtype.entry(t.dtype.to_string()).or_default();
+            entry.0 += 1;
+            entry.1 += numel * t.dtype.size_in_bytes() as u64;
+            if n <= LIST_ALL_UP_TO || i < LIST_ALL_UP_TO / 2 {
+                writeln!(f, "  {} {} {:?}", escape(&t.name), t.dtype, t.shape)?;
+            } else if i == LIST_ALL_UP_TO / 2 {
+                writeln!(f, "  ... {} more", n - i)?;
+            }
+        }
+        for (dt, (count, bytes)) in &by_dtype {
+            writeln!(f, "  summary: {count} tensors of {dt}, {bytes} bytes")?;
+        }
+        writeln!(f, "metadata: {}", self.metadata.len())?;
+        for (k, v) in &self.metadata {
+            writeln!(f, "  {} = {}", escape(k), escape(v))?;
+        }
+        if self.format == "safetensors" {
+            return write!(f, "verdict: LOADABLE (safetensors holds no code)");
+        }
+        writeln!(f, "globals: {} distinct", self.globals.len())?;
+        for g in &self.globals {
+            writeln!(
+                f,
+                "  {}.{} x{} (first at pickle byte {})",
+                escape(&g.module),
+                escape(&g.name),
+                g.count,
+                g.first_offset
+            )?;
+        }
+        write!(
+            f,
+            "verdict: LOADABLE (nothing was executed; every global is on the allow-list; {} \
+             tensors, {} entries ignored)",
+            self.tensors.len(),
+            self.ignored_entries
+        )
+    }
+}
+
+/// What [`convert_to_safetensors`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvertSummary {
+    /// Tensors written.
+    pub tensors: usize,
+    /// Metadata entries written.
+    pub metadata_entries: usize,
+}
+
+/// An opened input: a checkpoint or a safetensors file.
+enum Input {
+    Ckpt(Box<CkptFile>),
+    Safetensors(SafetensorsFile),
+}
+
+impl Input {
+    fn source(&self) -> &dyn TensorSource {
+        match self {
+            Input::Ckpt(c) => c.as_ref(),
+            Input::Safetensors(s) => s,
+        }
+    }
+
+    fn raw_bytes(&self, name: &str) -> Result<Vec<u8>> {
+        match self {
+            Input::Ckpt(c) => {
+                let id = c.tensor_id(name).ok_or_else(|| Error::MissingWeight {
+                    name: name.to_string(),
+                    source_desc: c.describe(),
+                })?;
+                c.read_bytes(id)
+            }
+            Input::Safetensors(s) => s.read_bytes(name),
+        }
+    }
+}
+
+/// The kind of file at `path`, from its first bytes. Errors are I/O errors only.
+fn file_kind(path: &Path) -> Result<FileKind> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        ));
+    }
+    let mut head = Vec::with_capacity(512);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(512).read_to_end(&mut head))
+        .map_err(|e| Error::io(path, e))?;
+    Ok(sniff(&head, meta.len()))
+}
+
+fn describe_kind(kind: FileKind) -> &'static str {
+    match kind {
+        FileKind::Safetensors => "safetensors",
+        FileKind::Zip => "zip archive",
+        FileKind::Pickle => "pickle stream",
+        FileKind::Tar => "tar archive (pre-1.0 torch format)",
+        FileKind::SevenZip => "7-zip archive",
+        FileKind::Gguf => "GGUF file",
+        FileKind::Empty => "empty file",
+        FileKind::Unknown => "unknown format",
+    }
+}
+
+fn open_input(path: &Path, kind: FileKind) -> Result<Input> {
+    match kind {
+        FileKind::Safetensors => Ok(Input::Safetensors(SafetensorsFile::open(path)?)),
+        FileKind::Zip | FileKind::Pickle => Ok(Input::Ckpt(Box::new(CkptFile::open(
+            path,
+            &Limits::default(),
+        )?))),
+        other => Err(Error::InvalidFile {
+            path: path.to_path_buf(),
+            reason: format!("{}, not a checkpoint sdrs reads", describe_kind(other)),
+        }),
+    }
+}
+
+/// Whether an error means "the file was refused" rather than "the file could not be read".
+fn is_refusal(e: &Error) -> bool {
+    !matches!(e.kind(), ErrorKind::Io | ErrorKind::NotFound)
+}
+
+/// Reports what the file at `path` holds (format, tensors, metadata, every global a pickle
+/// names) and whether it can be loaded, without running anything from it.
+///
+/// A hostile or malformed file is not an error: it gives a report whose verdict is
+/// [`Verdict::Refused`] with the reason.
+///
+/// # Errors
+/// [`ErrorKind::NotFound`] or [`ErrorKind::Io`] when the file cannot be read.
+pub fn scan_checkpoint(path: impl AsRef<Path>) -> Result<ScanReport> {
+    let path = path.as_ref();
+    let kind = file_kind(path)?;
+    let refused = |reason: String| ScanReport {
+        path: path.to_path_buf(),
+        format: describe_kind(kind).to_string(),
+        tensors: Vec::new(),
+        metadata: BTreeMap::new(),
+        globals: Vec::new(),
+        ignored_entries: 0,
+        verdict: Verdict::Refused { reason },
+    };
+    let file = match open_input(path, kind) {
+        Ok(f) => f,
+        Err(e) if is_refusal(&e) => return Ok(refused(e.to_string())),
+        Err(e) => return Err(e),
+    };
+    let format = match &file {
+        Input::Safetensors(_) => "safetensors".to_string(),
+        Input::Ckpt(c) => match c.format() {
+            CkptFormat::Zip {
+                prefix,
+                version,
+                unreferenced_records,
+            } => format!(
+                "torch zip (directory `{}`, version {version}, {unreferenced_records} \
+                 unreferenced storage records)",
+                escape(prefix)
+            ),
+            CkptFormat::Legacy => "torch legacy (pre-1.6, non-zip)".to_string(),
+        },
+    };
+    let src = file.source();
+    let tensors = src
+        .tensor_names()
+        .into_iter()
+        .filter_map(|name| {
+            let info = src.tensor_info(&name)?;
+            Some(ScannedTensor {
+                name,
+                dtype: info.dtype,
+                shape: info.shape.dims().to_vec(),
+            })
+        })
+        .collect();
+    let metadata = src.metadata().into_iter().collect();
+    let (globals, ignored_entries) = match &file {
+        Input::Ckpt(c) => {
+            let mut by_name: BTreeMap<(String, String), (usize, u64)> = BTreeMap::new();
+            for g in &c.document().globals {
+                let e = by_name
+                    .entry((g.module.clone(), g.name.clone()))
+                    .or_insert((0, g.offset));
+                e.0 += 1;
+            }
+            let globals = by_name
+                .into_iter()
+                .map(|((module, name), (count, first_offset))| ScannedGlobal {
+                    module,
+                    name,
+                    count,
+                    first_offset,
+                })
+                .collect();
+            (globals, c.state_dict().ignored)
+        }
+        Input::Safetensors(_) => (Vec::new(), 0),
+    };
+    Ok(ScanReport {
+        path: path.to_path_buf(),
+        format,
+        tensors,
+        metadata,
+        globals,
+        ignored_entries,
+        verdict: Verdict::Loadable,
+    })
+}
+
+/// Converts a checkpoint (or a safetensors file) to a `.safetensors` file at `output`, keeping
+/// tensor names as stored and metadata as safetensors metadata. With `dtype`, float tensors
+/// are converted to it; integer and bool tensors (`position_ids`) are always kept as stored.
+///
+/// # Errors
+/// [`ErrorKind::NotFound`]/[`ErrorKind::Io`] when the input cannot be read or the output cannot
+/// be written; another kind (the reader's: usually [`ErrorKind::InvalidModel`]) when the input
+/// is refused,
+/// including a checkpoint with no state-dict tensors (an embedding or hypernetwork layout).
+pub fn convert_to_safetensors(
+    input: impl AsRef<Path>,
+    output: impl AsRef<Path>,
+    dtype: Option<ConvertDType>,
+) -> Result<ConvertSummary> {
+    let (input, output) = (input.as_ref(), output.as_ref());
+    let file = open_input(input, file_kind(input)?)?;
+    let src = file.source();
+    let names = src.tensor_names();
+    if names.is_empty() {
+        return Err(Error::InvalidFile {
+            path: input.to_path_buf(),
+            reason: "holds no state-dict tensors (an embedding or hypernetwork layout, or an \
+                     empty checkpoint); nothing to convert"
+                .to_string(),
+        });
+    }
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in &names {
+        let info = src.tensor_info(name).ok_or_else(|| Error::MissingWeight {
+            name: name.clone(),
+            source_desc: src.describe(),
+        })?;
+        let (stored, data) = match dtype {
+            Some(t) if info.dtype.is_float() && info.dtype != t.stored() => {
+                (t.stored(), t.encode(&src.read_f32(name)?))
+            }
+            _ => (info.dtype, file.raw_bytes(name)?),
+        };
+        tensors.push(RawTensor {
+            name: name.clone(),
+            dtype: stored,
+            shape: info.shape.dims().to_vec(),
+            data,
+        });
+    }
+    let metadata: HashMap<String, String> = src.metadata();
+    write_safetensors_raw(
+        output,
+        &tensors,
+        (!metadata.is_empty()).then_some(&metadata),
+    )?;
+    Ok(ConvertSummary {
+        tensors: tensors.len(),
+        metadata_entries: metadata.len(),
+    })
+}
+
+/// One line for logs: `N tensors, M metadata entries`.
+impl fmt::Display for ConvertSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} tensors, {} metadata entries",
+            self.tensors, self.metadata_entries
+        )
+    }
+}
