@@ -3,10 +3,11 @@
 //!
 //! This file only registers the module. Each concept has its own file: [`errors`] (the
 //! exception hierarchy and the one error mapping), [`pipeline`] (`Pipeline`), [`result`]
-//! (`GenerationResult`), [`convert`] (numpy / PIL conversions) and [`progress`] (the progress
+//! (`GenerationResult`), [`checkpoint`] (`scan_checkpoint`, `convert_checkpoint`), [`convert`] (numpy / PIL conversions) and [`progress`] (the progress
 //! callback and bar).
 #![deny(missing_docs)]
 
+pub mod checkpoint;
 pub mod convert;
 pub mod errors;
 pub mod pipeline;
@@ -23,6 +24,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 fn _sdrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pipeline::PyPipeline>()?;
     m.add_class::<result::PyGenerationResult>()?;
+    m.add_class::<checkpoint::PyScanReport>()?;
+    m.add_function(wrap_pyfunction!(checkpoint::scan_checkpoint, m)?)?;
+    m.add_function(wrap_pyfunction!(checkpoint::convert_checkpoint, m)?)?;
     errors::register(m)?;
     m.add("SCHEDULERS", pipeline::scheduler_names())?;
     m.add("__version__", VERSION)?;

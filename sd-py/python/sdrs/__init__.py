@@ -8,6 +8,9 @@ Load a model with :meth:`Pipeline.from_file` and call :meth:`Pipeline.generate`:
     result = pipe.generate("a lighthouse at dusk", steps=20, seed=42)
     result.images[0].save("out.png")
 
+:func:`scan_checkpoint` reports what a checkpoint holds and whether it is safe to load, and
+:func:`convert_checkpoint` converts one to safetensors; neither runs code from the file.
+
 Errors raised by sdrs derive from :class:`SdrsError` (missing files raise the builtin
 :class:`FileNotFoundError`; :class:`InvalidArgumentError` is also a :class:`ValueError`).
 """
@@ -20,8 +23,11 @@ from sdrs._sdrs import (
     InvalidArgumentError,
     ModelLoadError,
     Pipeline,
+    ScanReport,
     SdrsError,
     __version__,
+    convert_checkpoint,
+    scan_checkpoint,
 )
 
 __all__ = [
@@ -32,6 +38,9 @@ __all__ = [
     "InvalidArgumentError",
     "ModelLoadError",
     "Pipeline",
+    "ScanReport",
     "SdrsError",
     "__version__",
+    "convert_checkpoint",
+    "scan_checkpoint",
 ]

@@ -16,6 +16,9 @@ __all__ = [
     "DeviceError",
     "CancelledError",
     "SCHEDULERS",
+    "ScanReport",
+    "scan_checkpoint",
+    "convert_checkpoint",
     "__version__",
 ]
 
@@ -93,3 +96,40 @@ class Pipeline:
         progress: bool = False,
     ) -> GenerationResult:
         """Generates images from a prompt, or from ``init_image``."""
+
+@final
+class ScanReport:
+    """What ``scan_checkpoint`` found in a file; ``str()`` gives the full report."""
+
+    @property
+    def path(self) -> str:
+        """The file scanned."""
+    @property
+    def format(self) -> str:
+        """The container in words."""
+    @property
+    def loadable(self) -> bool:
+        """Whether the file can be loaded (nothing would run; every global is allowed)."""
+    @property
+    def reason(self) -> str | None:
+        """Why the file was refused, or None."""
+    @property
+    def tensors(self) -> list[tuple[str, str, list[int]]]:
+        """(name, dtype, shape) of every tensor, in file order."""
+    @property
+    def globals(self) -> list[tuple[str, str, int]]:
+        """(module, name, count) of every global a pickle names."""
+    @property
+    def metadata(self) -> dict[str, str]:
+        """Safetensors metadata or a checkpoint's scalar entries."""
+
+def scan_checkpoint(path: str | os.PathLike[str]) -> ScanReport:
+    """Reports what a checkpoint holds and whether it is safe to load, running nothing from it."""
+
+def convert_checkpoint(
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    dtype: str | None = None,
+) -> int:
+    """Converts a checkpoint to .safetensors without running code from it; returns the tensor count."""
