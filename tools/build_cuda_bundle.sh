@@ -3,16 +3,17 @@
 # (git-ignored; pass it in the device tool's `carry`, 64 MiB at most):
 #   .gpu/cuda_ops               GPU op-by-op tests against the CPU (f32/f16/bf16, poisoned outputs)
 #   .gpu/cuda_kernels_compile   NVRTC compile + spill checks
+#   .gpu/cuda_pipeline          whole generations on the GPU against the CPU (tiny fixture model)
 #   .gpu/cuda_bench             UNet step / VAE decode / 20-step image timings (release)
 #   .gpu/run.sh                 runs them with the CUDA 13 libraries on LD_LIBRARY_PATH
-# Usage: tools/build_cuda_bundle.sh      (then, on the GPU machine: bash .gpu/run.sh [bench])
+# Usage: tools/build_cuda_bundle.sh      (then, on the GPU machine: bash .gpu/run.sh [bench|sanitize])
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .gpu
 
 tests_json="$(cargo test -p sd-core --features cuda --test cuda_ops --test cuda_kernels_compile \
-    --no-run --message-format=json 2>/dev/null)"
-for name in cuda_ops cuda_kernels_compile; do
+    --test cuda_pipeline --no-run --message-format=json 2>/dev/null)"
+for name in cuda_ops cuda_kernels_compile cuda_pipeline; do
     exe="$(printf '%s\n' "$tests_json" | grep '"executable":"[^"]*'"$name"'-' \
         | sed 's/.*"executable":"\([^"]*\)".*/\1/' | tail -n 1)"
     [ -n "$exe" ] || { echo "test binary $name not found" >&2; exit 1; }
@@ -20,7 +21,7 @@ for name in cuda_ops cuda_kernels_compile; do
 done
 cargo build --release --features cuda --example cuda_bench
 cp target/release/examples/cuda_bench .gpu/cuda_bench
-strip .gpu/cuda_ops .gpu/cuda_kernels_compile .gpu/cuda_bench 2>/dev/null || true
+strip .gpu/cuda_ops .gpu/cuda_kernels_compile .gpu/cuda_pipeline .gpu/cuda_bench 2>/dev/null || true
 
 cat > .gpu/run.sh <<'RUN'
 #!/usr/bin/env bash
@@ -36,8 +37,15 @@ export SDRS_CUDA_CACHE="$here/cache" SDRS_REQUIRE_NVRTC=1
 nvidia-smi -L || true
 "$here/cuda_kernels_compile" --nocapture
 "$here/cuda_ops" --test-threads 1 --nocapture
+# cuda_pipeline finds the fixture model relative to the repository (run from its root).
+"$here/cuda_pipeline" --nocapture
 if [ "${1:-}" = bench ]; then
     "$here/cuda_bench" --runs 5
+fi
+if [ "${1:-}" = sanitize ]; then
+    # Out-of-bounds accesses and shared-memory races in every kernel the op tests launch.
+    compute-sanitizer --tool memcheck --error-exitcode 1 "$here/cuda_ops" --test-threads 1
+    compute-sanitizer --tool racecheck --error-exitcode 1 "$here/cuda_ops" --test-threads 1 attention
 fi
 RUN
 chmod +x .gpu/run.sh

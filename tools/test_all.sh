@@ -54,7 +54,8 @@ if [ "${SDRS_INSTALL_NVRTC:-0}" = 1 ]; then
   export SDRS_REQUIRE_NVRTC=1
 fi
 cargo clippy --workspace --all-targets --locked --features cuda -- -D warnings
-cargo test -p sd-core --locked --features cuda --test cuda_kernels_compile --test cuda_ops
+cargo test -p sd-core --locked --features cuda --test cuda_kernels_compile --test cuda_ops \
+  --test cuda_pipeline
 
 echo "== python package (maturin develop + stubtest + pytest)"
 bash tools/test_python.sh
