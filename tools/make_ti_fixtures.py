@@ -21,7 +21,9 @@ Layouts (sd-core's names; formats.md section 4.2):
     `learned_embeds` (.bin and .safetensors, one tensor keyed by its token, 1-D or 2-D), kohya
     `emb_params` (.safetensors and .pt), SDXL `clip_l`/`clip_g`, a PNG with the `sd-ti-embedding`
     text chunk (written the way A1111's image_embedding.py `embedding_to_b64` writes it: base64 of
-    JSON, tensors as {"TORCHTENSOR": nested lists}), and a bare tensor saved with torch.save.
+    JSON, tensors as {"TORCHTENSOR": nested lists}), a PNG with the data drawn into its pixels
+    (`insert_image_data_embed`, re-implemented below and checked by reading it back as
+    `extract_image_data_embed` does), and a bare tensor saved with torch.save.
 
 How the reference is computed: the tiny model's pipeline is converted to float64, every
 embedding is loaded with `pipe.load_textual_inversion` (diffusers registers a multi-vector
@@ -42,6 +44,7 @@ import base64
 import hashlib
 import json
 import os
+import zlib
 
 import numpy as np
 import torch
@@ -74,6 +77,7 @@ PROMPTS = [
     "<ti-delta> ti-foxtrot in a garden with ti-golf",
     "ti-hotel next to ti-india, ti-alpha at night",
     "ti-bravo ti-bravo ti-delta-like words stay plain",
+    "a ti-juliet portrait",
 ]
 
 g = torch.Generator().manual_seed(4321)
@@ -118,6 +122,69 @@ def write_png_embedding(path, data):
     Image.fromarray(pixels, "RGB").save(path, "PNG", pnginfo=info)
 
 
+def _lcg_block(shape):
+    # image_embedding.py lcg(): seed = (1664525 seed + 1013904223) mod 2^32, yields seed % 255.
+    seed, out = 0, []
+    for _ in range(int(np.prod(shape))):
+        seed = (1664525 * seed + 1013904223) % 2**32
+        out.append(seed % 255)
+    return np.array(out).astype(np.uint8).reshape(shape)
+
+
+def _xor_block(block):
+    return np.bitwise_xor(block.astype(np.uint8), _lcg_block(block.shape) & 0x0F)
+
+
+def _style_block(block, sequence):
+    # image_embedding.py style_block: dots drawn into the high nibbles.
+    from PIL import ImageDraw
+
+    im = Image.new("RGB", (block.shape[1], block.shape[0]))
+    draw = ImageDraw.Draw(im)
+    i = 0
+    for x in range(-6, im.size[0], 8):
+        for yi, y in enumerate(range(-6, im.size[1], 8)):
+            offset = 4 if yi % 2 == 0 else 0
+            shade = sequence[i % len(sequence)]
+            i += 1
+            draw.ellipse((x + offset, y, x + 6 + offset, y + 6), fill=(shade, shade, shade))
+    return block ^ (np.array(im).astype(np.uint8) & 0xF0)
+
+
+def write_pixel_embedding(path, data, picture):
+    """As image_embedding.py insert_image_data_embed: zlib(JSON) split into nibbles, drawn in
+    blocks left and right of the picture, one black column between each block and the picture."""
+    d = 3
+    compressed = np.frombuffer(zlib.compress(json.dumps(data, cls=_TensorJson).encode(), level=9), np.uint8).copy()
+    high, low = compressed >> 4, compressed & 0x0F
+    h = picture.size[1]
+    next_size = low.shape[0] + (h - (low.shape[0] % h))
+    next_size = next_size + ((h * d) - (next_size % (h * d)))
+    low = np.resize(low, next_size).reshape((h, -1, d))
+    high = np.resize(high, next_size).reshape((h, -1, d))
+    edge = list(data["string_to_param"].values())[0].cpu().detach().numpy().tolist()[0][:1024]
+    edge = (np.abs(edge) / np.max(np.abs(edge)) * 255).astype(np.uint8)
+    low = _xor_block(_style_block(low, sequence=edge))
+    high = _xor_block(_style_block(high, sequence=edge[::-1]))
+    im_low, im_high = Image.fromarray(low, mode="RGB"), Image.fromarray(high, mode="RGB")
+    canvas = Image.new("RGB", (picture.size[0] + im_low.size[0] + im_high.size[0] + 2, h), (0, 0, 0))
+    canvas.paste(im_low, (0, 0))
+    canvas.paste(picture, (im_low.size[0] + 1, 0))
+    canvas.paste(im_high, (im_low.size[0] + 1 + picture.size[0] + 1, 0))
+    canvas.save(path, "PNG")
+    # Read it back as image_embedding.py extract_image_data_embed does.
+    arr = np.array(Image.open(path).convert("RGB")).astype(np.uint8)
+    mask = (arr > 0).all(2)
+    m0, m1 = mask.any(0), mask.any(1)
+    arr = arr[m1.argmax() : arr.shape[0] - m1[::-1].argmax(), m0.argmax() : arr.shape[1] - m0[::-1].argmax()] & 0x0F
+    black = np.where(np.sum(arr, axis=(0, 2)) == 0)[0]
+    lower = _xor_block(arr[:, : black.min(), :])
+    upper = _xor_block(arr[:, black.max() + 1 :, :])
+    back = json.loads(zlib.decompress(((upper << 4) | lower).flatten().tobytes()))
+    if back != json.loads(json.dumps(data, cls=_TensorJson)):
+        raise RuntimeError(f"{path} does not read back")
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     pipe = StableDiffusionPipeline.from_pretrained(
@@ -136,6 +203,7 @@ def main():
         "ti-golf": rnd(2, width),
         "ti-hotel": rnd(2, width),
         "ti-india": rnd(3, width),
+        "ti-juliet": rnd(2, width),
     }
     files = {}  # file -> (trigger, what diffusers loads, token passed to diffusers)
 
@@ -178,6 +246,13 @@ def main():
     write_png_embedding(p, a1111_dict(vec["ti-hotel"], "ti-hotel"))
     # A1111 triggers an image embedding on the `name` it stores.
     put("ti-hotel-image.png", "ti-hotel", {"ti-hotel": vec["ti-hotel"]}, "ti-hotel")
+
+    p = os.path.join(OUT, "ti-juliet-pixels.png")
+    # A bright picture (no channel of any pixel has a zero low nibble, so no column of it reads
+    # as a separator).
+    picture = Image.fromarray((np.arange(6 * 10 * 3).reshape(6, 10, 3) * 7 % 200 + 33).astype(np.uint8) | 1, "RGB")
+    write_pixel_embedding(p, a1111_dict(vec["ti-juliet"], "ti-juliet"), picture)
+    put("ti-juliet-pixels.png", "ti-juliet", {"ti-juliet": vec["ti-juliet"]}, "ti-juliet")
 
     p = os.path.join(OUT, "raw-tensor.pt")
     torch.save(vec["ti-india"], p)
