@@ -19,7 +19,7 @@ pub use load::{EmbeddingTrigger, MAX_EMBEDDING_FILE_BYTES, MAX_EMBEDDING_WIDTH};
 
 use crate::error::{Error, Result};
 use crate::prompt::{EmbeddingLookup, EmbeddingMatch};
-use crate::tensor::Tensor;
+use crate::tensor::{Device, Tensor};
 use crate::tokenizer::Tokenizer;
 
 /// One textual-inversion embedding: a trigger name and its vectors.
@@ -166,6 +166,19 @@ impl Embedding {
     pub fn with_hash(mut self, hash: impl Into<String>) -> Self {
         self.hash = Some(hash.into());
         self
+    }
+
+    /// The same embedding with its vectors (and parts) on `device`, for a text encoder there.
+    ///
+    /// # Errors
+    /// A device error.
+    pub fn to_device(&self, device: Device) -> Result<Embedding> {
+        let mut moved = self.clone();
+        moved.vectors = self.vectors.to_device(device)?;
+        for (_, t) in &mut moved.parts {
+            *t = t.to_device(device)?;
+        }
+        Ok(moved)
     }
 
     /// The same embedding, recording the file it came from.
@@ -398,7 +411,6 @@ impl EmbeddingLookup for EmbeddingSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::Device;
 
     fn emb(name: &str, n: usize, width: usize) -> Arc<Embedding> {
         let t = Tensor::full(0.5, [n, width], Device::Cpu).expect("tensor");
