@@ -5,5 +5,5 @@
 pub mod embedding;
 pub mod hypernetwork;
 
-pub use embedding::{Embedding, EmbeddingSet};
-pub use hypernetwork::{Hypernetwork, HypernetworkStack};
+pub use embedding::{Embedding, EmbeddingFormat, EmbeddingSet, EmbeddingSource, EmbeddingTrigger};
+pub use hypernetwork::{Hypernetwork, HypernetworkReport, HypernetworkStack};

@@ -219,7 +219,10 @@ fn pixel_data(path: &Path, bytes: &[u8]) -> Result<Vec<u8>> {
     let (w, h) = (image.width, image.height);
     let px = |x: usize, y: usize| -> [u8; 3] {
         let i = (y * w + x) * 3;
-        [image.data[i], image.data[i + 1], image.data[i + 2]]
+        match image.data.get(i..i + 3) {
+            Some(&[r, g, b]) => [r, g, b],
+            _ => [0; 3],
+        }
     };
     // crop_black(tol=0): keep the rows and columns spanned by pixels whose three channels are
     // all non-zero (numpy's argmax of an all-false mask is 0, which keeps everything).

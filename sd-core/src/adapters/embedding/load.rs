@@ -140,6 +140,10 @@ impl Embedding {
     /// The embedding records its file ([`source`](Self::source)) and A1111's short hash for the
     /// infotext ([`hash`](Self::hash): the first 12 hex digits of the file's sha256).
     ///
+    /// Any path given is read; deciding which files of a folder are embeddings is the caller's
+    /// (A1111 takes `.pt`, `.bin`, `.safetensors` and images, skipping `*.preview.png` previews
+    /// and empty files).
+    ///
     /// # Errors
     /// [`Error::FileNotFound`]/[`Error::Io`] for the file; [`Error::Checkpoint`] for a pickle the
     /// restricted reader refuses; [`Error::InvalidFile`] naming the file and the tensor for
