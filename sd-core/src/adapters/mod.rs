@@ -1,7 +1,9 @@
 //! Add-ons that steer a loaded model, as users share them: textual-inversion [`embedding`]s
 //! (vectors spliced into the text encoder's input), and, built on the parameter and attention
-//! seams of [`crate::models::params`], LoRA-family weight patches and hypernetworks.
+//! seams of [`crate::models::params`], LoRA-family weight patches and [`hypernetwork`]s.
 
 pub mod embedding;
+pub mod hypernetwork;
 
-pub use embedding::{Embedding, EmbeddingSet};
+pub use embedding::{Embedding, EmbeddingFormat, EmbeddingSet, EmbeddingSource, EmbeddingTrigger};
+pub use hypernetwork::{Hypernetwork, HypernetworkReport, HypernetworkStack};
