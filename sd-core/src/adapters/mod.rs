@@ -3,5 +3,7 @@
 //! seams of [`crate::models::params`], LoRA-family weight patches and hypernetworks.
 
 pub mod embedding;
+pub mod lora;
 
 pub use embedding::{Embedding, EmbeddingSet};
+pub use lora::{Lora, LoraReport, LoraUse, apply_loras};
