@@ -645,3 +645,127 @@ fn the_loaded_model_is_never_modified() {
         assert_eq!(v.to_vec().ok(), again[k].to_vec().ok(), "{k}");
     }
 }
+
+#[test]
+fn factors_that_would_make_a_huge_delta_are_refused_before_allocating() {
+    let pipe = pipe();
+    let n = 100_000;
+    let k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k";
+    let lora = memory_lora(
+        "huge",
+        &[
+            (&format!("{Q}.lora_up.weight"), &[n, 1], ramp(n, 0.1)),
+            (&format!("{Q}.lora_down.weight"), &[1, n], ramp(n, 0.1)),
+            (&format!("{k}.lokr_w1"), &[300, 300], ramp(90_000, 0.1)),
+            (&format!("{k}.lokr_w2"), &[300, 300], ramp(90_000, 0.1)),
+        ],
+    )
+    .expect("lora");
+    // Modules apply in the model's parameter order: to_q (the LoRA) comes first.
+    let (mut te, mut unet) = (pipe.text_encoder().clone(), pipe.unet().clone());
+    let err =
+        apply_loras(&[LoraUse::new(Arc::new(lora), 1.0)], &mut te, &mut unet).expect_err("huge");
+    assert!(matches!(err, Error::WeightShape { .. }), "{err}");
+    assert!(err.to_string().contains("lora_up"), "{err}");
+    // The LoKr module alone.
+    let lokr = memory_lora(
+        "huge_kron",
+        &[
+            (&format!("{k}.lokr_w1"), &[300, 300], ramp(90_000, 0.1)),
+            (&format!("{k}.lokr_w2"), &[300, 300], ramp(90_000, 0.1)),
+        ],
+    )
+    .expect("lora");
+    let (mut te, mut unet) = (pipe.text_encoder().clone(), pipe.unet().clone());
+    let err =
+        apply_loras(&[LoraUse::new(Arc::new(lokr), 1.0)], &mut te, &mut unet).expect_err("kron");
+    assert!(matches!(err, Error::WeightShape { .. }), "{err}");
+    assert!(err.to_string().contains("lokr_w1"), "{err}");
+}
+
+#[test]
+fn loras_can_be_shared_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Lora>();
+    shareable::<LoraUse>();
+    shareable::<LoraReport>();
+}
+
+/// The kohya file's LoRA tensors (without alpha) under other spellings: the old diffusers
+/// attention-processor keys, PEFT's `.lora_A.default.weight`, `.lora.down.weight`, PEFT's own
+/// `base_model.model.` prefix, the text encoder without `text_model.`. Every spelling must
+/// patch exactly what the kohya names patch.
+#[test]
+fn other_key_spellings_patch_the_same_weights() {
+    use sd_core::weights::{SafetensorsFile, TensorSource};
+    let pipe = pipe();
+    let kohya = open("kohya_locon.safetensors");
+    let (report, _, _) = apply(&pipe, &[LoraUse::new(kohya, 1.0)]);
+    let targets: HashMap<String, String> = report.loras[0]
+        .applied
+        .iter()
+        .map(|m| (m.module.clone(), m.target.clone()))
+        .collect();
+    let file = SafetensorsFile::open(lora_file("kohya_locon.safetensors")).expect("file");
+    let mut plain = MemorySource::new("plain");
+    let mut spelled = MemorySource::new("spelled");
+    let mut styles = [0usize; 5];
+    for (i, (module, target)) in targets.iter().enumerate() {
+        for (part, short) in [("lora_down.weight", "down"), ("lora_up.weight", "up")] {
+            let key = format!("{module}.{part}");
+            let info = file.tensor_info(&key).expect("info");
+            let data = file.read_f32(&key).expect("read");
+            let shape = info.shape.dims().to_vec();
+            plain
+                .insert(key, shape.clone(), data.clone())
+                .expect("insert");
+            let attn = ["to_q", "to_k", "to_v", "to_out.0"]
+                .iter()
+                .find_map(|p| target.strip_suffix(&format!(".{p}")).map(|b| (b, *p)));
+            let (style, new_key) = if let Some((base, proj)) = attn {
+                let proj = proj.strip_suffix(".0").unwrap_or(proj);
+                (
+                    0,
+                    format!("unet.{base}.processor.{proj}_lora.{short}.weight"),
+                )
+            } else if let Some(rest) = target.strip_prefix("text_model.") {
+                let ab = if short == "down" { "A" } else { "B" };
+                if i % 2 == 0 {
+                    (1, format!("text_encoder.{rest}.lora_{ab}.weight"))
+                } else {
+                    (
+                        2,
+                        format!("text_encoder.text_model.{rest}.lora_linear_layer.{short}.weight"),
+                    )
+                }
+            } else if i % 2 == 0 {
+                let ab = if short == "down" { "A" } else { "B" };
+                (
+                    3,
+                    format!("base_model.model.{target}.lora_{ab}.default.weight"),
+                )
+            } else {
+                (4, format!("unet.{target}.lora.{short}.weight"))
+            };
+            styles[style] += 1;
+            spelled.insert(new_key, shape, data).expect("insert");
+        }
+    }
+    assert!(
+        styles.iter().all(|&n| n > 0),
+        "every spelling used: {styles:?}"
+    );
+    let plain = Arc::new(Lora::from_source("plain", Arc::new(plain)).expect("plain"));
+    let spelled = Arc::new(Lora::from_source("spelled", Arc::new(spelled)).expect("spelled"));
+    let (rp, _, a) = apply(&pipe, &[LoraUse::with_strengths(plain, 0.7, 1.1)]);
+    let (rs, _, b) = apply(&pipe, &[LoraUse::with_strengths(spelled, 0.7, 1.1)]);
+    assert!(
+        rp.is_complete() && rs.is_complete(),
+        "{:?}",
+        rs.loras[0].skipped
+    );
+    assert_eq!(rs.loras[0].applied.len(), targets.len());
+    for (name, t) in &a {
+        assert_eq!(t.to_vec().ok(), b[name].to_vec().ok(), "{name}");
+    }
+}

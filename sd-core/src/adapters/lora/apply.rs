@@ -205,6 +205,7 @@ fn patch_weight(
             source: &u.lora.source,
             target: &target.path,
             bias: target.bias.as_deref(),
+            layer: &weight.dims,
         };
         let strength = strength_for(module.component, u.text_encoder_strength, u.unet_strength);
         let patch = compute(&reader, &weight, strength)?;

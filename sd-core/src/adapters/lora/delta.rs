@@ -29,6 +29,8 @@ pub(crate) struct ModuleReader<'a> {
     pub(crate) target: &'a str,
     /// The layer's bias shape, if it has a bias.
     pub(crate) bias: Option<&'a [usize]>,
+    /// The layer's weight shape.
+    pub(crate) layer: &'a [usize],
 }
 
 impl ModuleReader<'_> {
@@ -94,6 +96,22 @@ impl ModuleReader<'_> {
 
     fn dims_of(&self, d: &Dense) -> String {
         format!("{:?}", d.dims)
+    }
+
+    /// Refuses an array of `dims` larger than a few times the layer: tensors from the file
+    /// decide these sizes, and no algorithm needs more for a delta that fits.
+    fn room(&self, dims: &[usize]) -> Result<()> {
+        let size = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let limit = self
+            .layer
+            .iter()
+            .product::<usize>()
+            .saturating_mul(4)
+            .max(1 << 12);
+        match size {
+            Some(n) if n <= limit => Ok(()),
+            _ => Err(self.misfit(self.layer, dims)),
+        }
     }
 }
 
@@ -239,6 +257,7 @@ fn product(r: &ModuleReader<'_>, a: &Dense, b: &Dense, what: &str) -> Result<Den
             r.dims_of(b)
         )));
     }
+    r.room(&[m, n])?;
     Dense::new(vec![m, n], matmul(&a.data, m, k, &b.data, n)?)
 }
 
@@ -259,6 +278,9 @@ fn lora(r: &ModuleReader<'_>) -> Result<Raw> {
                     r.dims_of(&down)
                 )));
             }
+            let k = mid.dim(2).saturating_mul(mid.dim(3));
+            r.room(&[mid.dim(0), k, inp])?;
+            r.room(&[out, inp, k])?;
             let d = rebuild_cp(&mid, &up, &down)?;
             debug_assert_eq!(d.dims, vec![out, inp, mid.dim(2), mid.dim(3)]);
             d
@@ -341,6 +363,13 @@ fn tucker(r: &ModuleReader<'_>, t: &Dense, wa: &Dense, wb: &Dense, name: &str) -
             r.dims_of(wb)
         )));
     }
+    let k = t
+        .dims
+        .iter()
+        .skip(2)
+        .fold(1usize, |a, &d| a.saturating_mul(d));
+    r.room(&[t.dim(0), k, wb.dim(1)])?;
+    r.room(&[wa.dim(1), wb.dim(1), k])?;
     make_weight_cp(t, wa, wb)
 }
 
@@ -386,6 +415,13 @@ fn lokr(r: &ModuleReader<'_>, weight: &Dense) -> Result<Raw> {
             r.dims_of(&w2)
         )));
     }
+    let kron_dims: Vec<usize> = w1
+        .dims
+        .iter()
+        .zip(&w2.dims)
+        .map(|(a, b)| a.saturating_mul(*b))
+        .collect();
+    r.room(&kron_dims)?;
     let k = kron(&w1, &w2)?;
     // A1111 reshapes to the convolution's own shape (`output_shape = orig_weight.shape`).
     let delta = if weight.dims.len() == 4 && k.len() == weight.len() {
