@@ -55,6 +55,7 @@ if [ "${SDRS_INSTALL_NVRTC:-0}" = 1 ]; then
 fi
 cargo clippy --workspace --all-targets --locked --features cuda -- -D warnings
 cargo test -p sd-core --locked --features cuda --test cuda_kernels_compile --test cuda_ops
+cargo test --locked --features cuda --test cuda_prompt
 
 echo "== python package (maturin develop + stubtest + pytest)"
 bash tools/test_python.sh
