@@ -240,6 +240,13 @@ fn bad_prompts_name_their_field() -> Result<()> {
     assert_eq!(field(&req), "prompt");
     req.prompt = "cat ".repeat(75 * 33);
     assert_eq!(field(&req), "prompt");
+    // 300 edits over 300 steps: 301 distinct texts, more text-encoder passes than allowed.
+    req.steps = 300;
+    req.prompt = (1..=300).map(|i| format!("[x:{i}]")).collect();
+    let started = std::time::Instant::now();
+    assert_eq!(field(&req), "prompt");
+    assert!(started.elapsed().as_secs() < 10, "refused too slowly");
+    req.steps = 1;
     req.prompt = "a fox".into();
     req.prompt_syntax = PromptSyntax::Plain;
     let vectors = Tensor::full(0.5, [1, 16], Device::Cpu)?;

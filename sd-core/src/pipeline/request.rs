@@ -37,8 +37,9 @@ pub struct GenerateRequest {
     /// Denoising steps. Default: 20. For img2img, only `steps × strength` of them run, as in
     /// diffusers.
     pub steps: usize,
-    /// Classifier-free guidance scale; values ≤ 1 disable guidance (one UNet pass per step).
-    /// Default: 7.5.
+    /// Classifier-free guidance scale; values ≤ 1 disable guidance (one UNet pass per step) for a
+    /// prompt without `AND` parts or a `:weight`. With those, A1111's combination
+    /// `uncond + Σ weight·scale·(cond − uncond)` is used at any scale. Default: 7.5.
     pub guidance_scale: f64,
     /// The sampler. Default: [`SchedulerKind::Pndm`] (PLMS), the one SD 1.5's diffusers
     /// scheduler config names.

@@ -233,13 +233,7 @@ impl ChunkEncoder<'_> {
         }
         let tokenized = self.tokenize(text, field)?;
         if self.passes + tokenized.chunks.len() > MAX_ENCODED_CHUNKS {
-            return Err(Error::invalid_argument(
-                field,
-                format!(
-                    "the prompts need more than {MAX_ENCODED_CHUNKS} text-encoder passes \
-                     (distinct 75-token chunks over all scheduled texts)"
-                ),
-            ));
+            return Err(self.budget_error(field));
         }
         let z = tokenized
             .chunks
@@ -250,6 +244,16 @@ impl ChunkEncoder<'_> {
         let z = Rc::new(z);
         self.raw.insert(text.to_owned(), z.clone());
         Ok(z)
+    }
+
+    fn budget_error(&self, field: &'static str) -> Error {
+        Error::invalid_argument(
+            field,
+            format!(
+                "the prompts need more than {MAX_ENCODED_CHUNKS} text-encoder passes \
+                 (75-token chunks of the distinct texts their schedules take)"
+            ),
+        )
     }
 
     /// One chunk through CLIP, embedding vectors in place of their placeholder tokens (A1111
@@ -292,22 +296,37 @@ impl ChunkEncoder<'_> {
         emphasis: EmphasisMode,
         log: &mut InfotextLog,
     ) -> Result<CondSchedule> {
-        let mut batch: Vec<BatchText<'_>> = Vec::new();
+        // Distinct texts first, so that a schedule with more of them than the encoder budget can
+        // take is refused before any is tokenized.
+        let mut index_of: HashMap<&str, usize> = HashMap::new();
+        let mut distinct: Vec<&str> = Vec::new();
         let mut text_of_segment = Vec::with_capacity(schedule.segments.len());
         for segment in &schedule.segments {
-            let index = match batch.iter().position(|b| b.text == segment.text) {
-                Some(i) => i,
-                None => {
-                    batch.push(BatchText {
-                        text: &segment.text,
-                        count: 0,
-                        chunks: self.tokenize(&segment.text, field)?,
-                    });
-                    batch.len() - 1
-                }
-            };
-            batch[index].count += 1;
+            let index = *index_of.entry(&segment.text).or_insert_with(|| {
+                distinct.push(&segment.text);
+                distinct.len() - 1
+            });
             text_of_segment.push(index);
+        }
+        let new_texts = distinct
+            .iter()
+            .filter(|t| !self.raw.contains_key(**t))
+            .count();
+        if self.passes + new_texts > MAX_ENCODED_CHUNKS {
+            return Err(self.budget_error(field));
+        }
+        let mut batch = distinct
+            .iter()
+            .map(|text| {
+                Ok(BatchText {
+                    text,
+                    count: 0,
+                    chunks: self.tokenize(text, field)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for &i in &text_of_segment {
+            batch[i].count += 1;
         }
         let chunk_count = batch
             .iter()

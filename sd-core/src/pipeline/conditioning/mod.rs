@@ -22,6 +22,14 @@
 //!
 //! [`PromptSyntax::Plain`] instead encodes each prompt as diffusers does: the text as written,
 //! truncated to 77 tokens, one conditioning for every step.
+//!
+//! # Limits
+//!
+//! Prompts come from users, so the work they can ask for is bounded, each limit failing with an
+//! [`crate::Error::InvalidArgument`] naming the prompt: at most [`MAX_PROMPT_BYTES`] per prompt,
+//! [`MAX_AND_PROMPTS`] `AND` parts, [`MAX_PROMPT_CHUNKS`] chunks per text and
+//! [`MAX_ENCODED_CHUNKS`] text-encoder passes in all. A schedule has at most one segment per step
+//! (and the step count is bounded by the request), so the texts it takes are bounded too.
 
 mod encode;
 mod parse;
