@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use sd_core::image::{self, RgbImage};
-use sd_core::pipeline::{GenerateRequest, LoadOptions, Pipeline, Progress};
+use sd_core::pipeline::{GenerateRequest, LoadOptions, Pipeline, Progress, PromptSyntax};
 use sd_core::schedulers::SchedulerKind;
 use sd_core::weights::{SafetensorsFile, TensorSource, WriteDType, write_safetensors};
 use sd_core::{Device, Tensor};
@@ -28,6 +28,10 @@ usage: txt2img [--model PATH] --prompt TEXT [options]
                           checkpoint of non-standard size (default: infer from tensor shapes)
   --prompt TEXT           what to draw
   --negative-prompt TEXT  what to steer away from (default: empty)
+  --prompt-syntax NAME    a1111 (default): AUTOMATIC1111's prompt language, i.e. (word:1.2)
+                          emphasis, [word], BREAK, prompts over 75 tokens, [from:to:step] editing,
+                          [a|b] alternation, AND with weights; plain: the text as written,
+                          truncated to 77 tokens, as diffusers reads it
   --steps N               denoising steps (default: 50)
   --guidance X            classifier-free guidance scale (default: 7.5)
   --scheduler NAME        ddim | pndm | euler | euler-a | lms | dpmpp-2m | dpmpp-2m-karras (default: pndm)
@@ -50,6 +54,7 @@ struct Args {
     config_dir: Option<PathBuf>,
     prompt: Option<String>,
     negative_prompt: String,
+    prompt_syntax: PromptSyntax,
     steps: usize,
     guidance: f64,
     scheduler: SchedulerKind,
@@ -71,6 +76,7 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>, String> {
         config_dir: None,
         prompt: None,
         negative_prompt: String::new(),
+        prompt_syntax: PromptSyntax::A1111,
         steps: 50,
         guidance: 7.5,
         scheduler: SchedulerKind::Pndm,
@@ -100,6 +106,12 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>, String> {
             "--config-dir" => args.config_dir = Some(PathBuf::from(value()?)),
             "--prompt" => args.prompt = Some(value()?.clone()),
             "--negative-prompt" => args.negative_prompt = value()?.clone(),
+            "--prompt-syntax" => {
+                let v = value()?;
+                args.prompt_syntax = v
+                    .parse::<PromptSyntax>()
+                    .map_err(|_| format!("--prompt-syntax: unknown `{v}` (a1111 or plain)"))?;
+            }
             "--steps" => args.steps = number(flag, value()?)?,
             "--guidance" => args.guidance = number(flag, value()?)?,
             "--scheduler" => {
@@ -216,6 +228,7 @@ fn run(args: Args) -> Result<(), String> {
     let (default_w, default_h) = pipeline.default_size();
     let mut request = GenerateRequest::new(prompt);
     request.negative_prompt = args.negative_prompt.clone();
+    request.prompt_syntax = args.prompt_syntax;
     request.steps = args.steps;
     request.guidance_scale = args.guidance;
     request.scheduler = args.scheduler;

@@ -119,6 +119,10 @@ fn bad_arguments_fail_with_a_message_and_nonzero_status() {
             vec!["--model", "/nonexistent/model.safetensors", "--prompt", "x"],
             "/nonexistent/model.safetensors",
         ),
+        (
+            vec!["--model", model, "--prompt", "x", "--prompt-syntax", "lpw"],
+            "--prompt-syntax",
+        ),
         (vec!["--prompt"], "--prompt needs a value"),
         (vec!["--bogus"], "unknown argument"),
     ];
@@ -137,5 +141,47 @@ fn bad_arguments_fail_with_a_message_and_nonzero_status() {
         );
         assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
     }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn prompt_syntax_flag_selects_the_reading() {
+    let dir = tempdir("syntax");
+    let model = fixture("tiny-sd");
+    let run = |syntax: &str, prompt: &str| {
+        let png = dir.join(format!("{syntax}.png"));
+        let status = txt2img()
+            .args(["--model", model.to_str().expect("utf-8 path")])
+            .args(["--prompt", prompt, "--prompt-syntax", syntax])
+            .args([
+                "--steps", "2", "--seed", "5", "--width", "64", "--height", "64",
+            ])
+            .arg("--output")
+            .arg(&png)
+            .status()
+            .expect("run txt2img");
+        assert!(
+            status.success(),
+            "txt2img --prompt-syntax {syntax} failed: {status}"
+        );
+        let text = image::read_png_text(&png).expect("png text");
+        let params = text
+            .into_iter()
+            .find(|(k, _)| k == "parameters")
+            .map(|(_, v)| v)
+            .expect("parameters chunk");
+        let pixels = image::load_image(&png).expect("png").data;
+        (params, pixels)
+    };
+    // A plain prompt reads the same either way; the infotext says which syntax was used.
+    let (a1111_text, a1111_pixels) = run("a1111", "a red fox");
+    let (plain_text, plain_pixels) = run("plain", "a red fox");
+    assert_eq!(a1111_pixels, plain_pixels);
+    assert!(!a1111_text.contains("Prompt syntax"), "{a1111_text}");
+    assert!(plain_text.contains("Prompt syntax: plain"), "{plain_text}");
+    // Emphasis is read only by the A1111 syntax.
+    let (_, weighted) = run("a1111", "a (red:1.5) fox");
+    let (_, literal) = run("plain", "a (red:1.5) fox");
+    assert_ne!(weighted, literal);
     let _ = std::fs::remove_dir_all(dir);
 }

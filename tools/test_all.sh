@@ -56,6 +56,7 @@ fi
 cargo clippy --workspace --all-targets --locked --features cuda -- -D warnings
 cargo test -p sd-core --locked --features cuda --test cuda_kernels_compile --test cuda_ops \
   --test cuda_pipeline
+cargo test --locked --features cuda --test cuda_prompt --test adapters_cuda
 
 echo "== python package (maturin develop + stubtest + pytest)"
 bash tools/test_python.sh

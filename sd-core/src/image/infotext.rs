@@ -45,7 +45,8 @@ pub struct GenerationInfo {
     /// CLIP skip; written only when greater than 1.
     pub clip_skip: Option<u32>,
     /// Further `key: value` pairs in order, written after the fixed keys and before `Version`
-    /// (`"Lora hashes"`, `"TI hashes"`, `"Hires upscale"`, …). Values are quoted as needed.
+    /// (`"Lora hashes"`, `"TI hashes"`, `"Emphasis"`, `"Pad conds"`, `"Hires upscale"`, …).
+    /// Values are quoted as needed.
     pub extra: Vec<(String, String)>,
     /// Program version, written last.
     pub version: Option<String>,

@@ -13,7 +13,7 @@ use super::config::{ClipActivation, ClipConfig};
 use super::nn::{LayerNorm, Linear};
 use super::params::{ParamLayout, ParamMut, ParamVisitor, VisitParams, visit_list};
 use crate::error::{Error, Result};
-use crate::tensor::{Activation, Tensor};
+use crate::tensor::{Activation, Device, Tensor};
 use crate::weights::Weights;
 
 /// One self-attention block of the encoder.
@@ -142,6 +142,11 @@ impl ClipTextModel {
     /// The configuration.
     pub fn config(&self) -> &ClipConfig {
         &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.token_embedding.device()
     }
 
     /// Calls `visit` with every parameter and its transformers name

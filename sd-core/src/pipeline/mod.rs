@@ -6,20 +6,30 @@
 //! for img2img, the encoder sample and then the added noise), then per step the model input
 //! scaling, one UNet pass over `[uncond, cond]` in one batch, guidance, the scheduler step (and
 //! its noise draw, for ancestral samplers), and finally the autoencoder decode.
+//!
+//! The text conditioning follows AUTOMATIC1111 by default ([`conditioning`]): prompt editing and
+//! alternation change it at the steps A1111 changes it, and each `AND` part adds a block to the
+//! UNet batch (`[uncond, cond₀, cond₁, …]`), combined as A1111's `combine_denoised`.
 
+pub mod conditioning;
 mod request;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+pub use conditioning::{Conditioning, PromptSyntax, UsedEmbedding};
 pub use request::{GenerateRequest, MAX_BATCH, MAX_IMAGE_SIDE, MAX_STEPS};
 
+use conditioning::{EncodeOptions, ParsedPrompts, StepContext};
+
+use crate::adapters::EmbeddingSet;
 use crate::error::{Error, Result};
 use crate::image::{self, GenerationInfo, RgbImage};
 use crate::models::{
     AutoencoderKL, ClipConfig, ClipTextModel, UNet2DConditionModel, UNetConfig, VaeConfig,
 };
 use crate::noise::TorchRng;
+use crate::prompt::{DEFAULT_COMMA_BACKTRACK, ExtraNetworkTag};
 use crate::schedulers::{self, SchedulerConfig};
 use crate::tensor::{Device, Tensor};
 use crate::tokenizer::Tokenizer;
@@ -59,7 +69,15 @@ pub struct Generation {
     pub latents: Tensor,
     /// The A1111-style infotext of each image (the PNG `parameters` text).
     pub infotexts: Vec<String>,
+    /// The textual-inversion embeddings the prompts used (their `TI hashes` are in the infotext).
+    pub embeddings_used: Vec<UsedEmbedding>,
+    /// The extra-network tags (`<lora:…>`, `<hypernet:…>`) that were taken out of the prompt.
+    pub extra_networks: Vec<ExtraNetworkTag>,
 }
+
+/// Most rows (images × UNet evaluations per image) run as one UNet batch; beyond it (many `AND`
+/// parts on a large batch) each block of the batch runs on its own.
+const MAX_UNET_ROWS: usize = 2 * MAX_BATCH;
 
 /// A loaded Stable Diffusion model. Immutable after loading: share it between threads (it is
 /// `Send + Sync`) and call [`generate`](Self::generate) from several at once.
@@ -220,12 +238,44 @@ impl Pipeline {
             .as_deref()
     }
 
-    /// Encodes a prompt into `[1, 77, hidden]` conditioning.
+    /// Encodes a prompt into `[1, 77, hidden]` conditioning as diffusers does (the text as
+    /// written, truncated to 77 tokens; what [`PromptSyntax::Plain`] uses).
     pub fn encode_prompt(&self, prompt: &str, clip_skip: usize) -> Result<Tensor> {
         let ids = self
             .tokenizer
             .encode_padded(prompt, self.text_encoder.config().max_position_embeddings)?;
         self.text_encoder.forward(&[ids], clip_skip)
+    }
+
+    /// The text conditioning of `request` for every step: its prompts parsed with
+    /// `request.prompt_syntax` and encoded with this model's text encoder (see [`conditioning`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming `prompt`, `negative_prompt`, `steps` or `clip_skip`
+    /// (prompt limits, a malformed `(a:1.2.3)` weight), or a device error.
+    pub fn conditioning(&self, request: &GenerateRequest) -> Result<Conditioning> {
+        let parsed = ParsedPrompts::parse(
+            &request.prompt,
+            &request.negative_prompt,
+            request.steps,
+            request.prompt_syntax,
+        )?;
+        let embeddings = EmbeddingSet::new(
+            &self.tokenizer,
+            self.text_encoder.config().hidden_size,
+            &request.embeddings,
+        );
+        parsed.encode(
+            &self.tokenizer,
+            &self.text_encoder,
+            &embeddings,
+            &EncodeOptions {
+                clip_skip: request.clip_skip,
+                emphasis: request.emphasis,
+                comma_backtrack: DEFAULT_COMMA_BACKTRACK,
+                guidance_scale: request.guidance_scale,
+            },
+        )
     }
 
     /// Generates images. `progress` is called after every denoising step on the calling thread;
@@ -239,6 +289,24 @@ impl Pipeline {
         request: &GenerateRequest,
         progress: &mut dyn FnMut(&Progress) -> bool,
     ) -> Result<Generation> {
+        request.validate(self.latent_factor())?;
+        let conditioning = self.conditioning(request)?;
+        self.generate_with_conditioning(request, &conditioning, progress)
+    }
+
+    /// [`generate`](Self::generate) with the text conditioning given instead of computed from
+    /// the request's prompts (which then only go into the infotext): for conditioning computed
+    /// once and reused, built with a patched text encoder, or edited.
+    ///
+    /// # Errors
+    /// As [`generate`](Self::generate); [`Error::InvalidArgument`] naming `conditioning` when it
+    /// is malformed ([`Conditioning::validate`]) or its width is not the UNet's.
+    pub fn generate_with_conditioning(
+        &self,
+        request: &GenerateRequest,
+        conditioning: &Conditioning,
+        progress: &mut dyn FnMut(&Progress) -> bool,
+    ) -> Result<Generation> {
         let factor = self.latent_factor();
         request.validate(factor)?;
         let b = request.batch_size;
@@ -246,17 +314,22 @@ impl Pipeline {
         let latent_channels = self.unet.config().in_channels;
         let latent_shape = [b, latent_channels, lh, lw];
 
-        // Conditioning: [uncond × b, cond × b] as diffusers batches it.
-        let guided = request.guidance_scale > 1.0;
-        let cond = self.encode_prompt(&request.prompt, request.clip_skip)?;
-        let context = if guided {
-            let uncond = self.encode_prompt(&request.negative_prompt, request.clip_skip)?;
-            let mut parts = vec![&uncond; b];
-            parts.extend(std::iter::repeat_n(&cond, b));
-            Tensor::cat(&parts, 0)?
-        } else {
-            Tensor::cat(&vec![&cond; b], 0)?
-        };
+        let mut context = StepContext::new(conditioning, b)?;
+        let width = conditioning
+            .conds
+            .first()
+            .and_then(|c| c.schedule.segments.first())
+            .map_or(0, |s| s.cond.dims()[2]);
+        if width != self.unet.config().cross_attention_dim {
+            return Err(Error::invalid_argument(
+                "conditioning",
+                format!(
+                    "width {width} differs from the UNet's cross-attention width {}",
+                    self.unet.config().cross_attention_dim
+                ),
+            ));
+        }
+        let groups = context.groups();
 
         let mut scheduler =
             schedulers::build(request.scheduler, &self.scheduler_config, request.steps)?;
@@ -300,20 +373,29 @@ impl Pipeline {
         let timesteps: Vec<f64> = scheduler.timesteps().to_vec();
         let total = timesteps.len() - start;
         for (i, &t) in timesteps.iter().enumerate().skip(start) {
-            let model_in = if guided {
-                Tensor::cat(&[&latents, &latents], 0)?
+            // The conditioning step counts model evaluations from 0, as A1111's CFGDenoiser does;
+            // schedules were computed over `request.steps`. For img2img A1111 also schedules over
+            // the full step count and starts its counter at 0 on the first step that runs
+            // (`sd_samplers_kdiffusion.sample_img2img` → `initialize` sets `step = 0`), so an
+            // edit at step N happens N steps into the shortened run; the same is done here.
+            let step = i - start;
+            let cond = context.at(step)?;
+            let out = if groups * b <= MAX_UNET_ROWS {
+                let model_in = if groups > 1 {
+                    Tensor::cat(&vec![&latents; groups], 0)?
+                } else {
+                    latents.clone()
+                };
+                let model_in = scheduler.scale_model_input(&model_in, i)?;
+                self.unet.forward(&model_in, t, cond)?
             } else {
-                latents.clone()
+                let model_in = scheduler.scale_model_input(&latents, i)?;
+                let blocks = (0..groups)
+                    .map(|g| self.unet.forward(&model_in, t, &cond.narrow(0, g * b, b)?))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&blocks.iter().collect::<Vec<_>>(), 0)?
             };
-            let model_in = scheduler.scale_model_input(&model_in, i)?;
-            let out = self.unet.forward(&model_in, t, &context)?;
-            let noise_pred = if guided {
-                let halves = out.chunk(2, 0)?;
-                let (uncond, text) = (&halves[0], &halves[1]);
-                uncond.add(&text.sub(uncond)?.scale(request.guidance_scale as f32)?)?
-            } else {
-                out
-            };
+            let noise_pred = context.combine(out, request.guidance_scale)?;
             let step_noise = if scheduler.needs_noise() {
                 Some(rng.randn_tensor(latent_shape, self.device)?)
             } else {
@@ -332,15 +414,26 @@ impl Pipeline {
 
         let decoded = self.vae.decode(&latents.scale(1.0 / vae_scale)?)?;
         let images = image::from_tensor(&decoded)?;
-        let infotexts = (0..b).map(|i| self.infotext(request, i)).collect();
+        let padded = context.padded();
+        let infotexts = (0..b)
+            .map(|i| self.infotext(request, conditioning, padded, i))
+            .collect();
         Ok(Generation {
             images,
             latents,
             infotexts,
+            embeddings_used: conditioning.embeddings_used.clone(),
+            extra_networks: conditioning.extra_networks.clone(),
         })
     }
 
-    fn infotext(&self, request: &GenerateRequest, index: usize) -> String {
+    fn infotext(
+        &self,
+        request: &GenerateRequest,
+        conditioning: &Conditioning,
+        padded: bool,
+        index: usize,
+    ) -> String {
         let (sampler, schedule) = (
             request.scheduler.infotext_sampler(),
             request.scheduler.infotext_schedule_type(),
@@ -349,6 +442,18 @@ impl Pipeline {
         if request.batch_size > 1 {
             extra.push(("Batch size".to_string(), request.batch_size.to_string()));
             extra.push(("Batch pos".to_string(), index.to_string()));
+        }
+        // A1111's order: what the text encoder adds (`TI hashes`, `Emphasis`), then what the
+        // sampler adds (`Pad conds`).
+        extra.extend(conditioning.infotext.iter().cloned());
+        if padded {
+            extra.push(("Pad conds".to_string(), "True".to_string()));
+        }
+        if request.prompt_syntax == PromptSyntax::Plain {
+            extra.push((
+                "Prompt syntax".to_string(),
+                PromptSyntax::Plain.name().to_string(),
+            ));
         }
         GenerationInfo {
             prompt: request.prompt.clone(),

@@ -1,7 +1,12 @@
 //! What a caller asks for: [`GenerateRequest`].
 
+use std::sync::Arc;
+
+use super::conditioning::PromptSyntax;
+use crate::adapters::Embedding;
 use crate::error::{Error, Result};
 use crate::image::RgbImage;
+use crate::prompt::EmphasisMode;
 use crate::schedulers::SchedulerKind;
 use crate::tensor::Tensor;
 
@@ -32,8 +37,9 @@ pub struct GenerateRequest {
     /// Denoising steps. Default: 20. For img2img, only `steps × strength` of them run, as in
     /// diffusers.
     pub steps: usize,
-    /// Classifier-free guidance scale; values ≤ 1 disable guidance (one UNet pass per step).
-    /// Default: 7.5.
+    /// Classifier-free guidance scale; values ≤ 1 disable guidance (one UNet pass per step) for a
+    /// prompt without `AND` parts or a `:weight`. With those, A1111's combination
+    /// `uncond + Σ weight·scale·(cond − uncond)` is used at any scale. Default: 7.5.
     pub guidance_scale: f64,
     /// The sampler. Default: [`SchedulerKind::Pndm`] (PLMS), the one SD 1.5's diffusers
     /// scheduler config names.
@@ -55,6 +61,20 @@ pub struct GenerateRequest {
     /// instead of the seeded draw, exactly like diffusers' `latents=` argument: it is scaled by
     /// the scheduler's initial sigma. Text-to-image only. Default: none.
     pub initial_latents: Option<Tensor>,
+    /// How the prompts are read. Default: [`PromptSyntax::A1111`], AUTOMATIC1111's prompt
+    /// language (emphasis, `BREAK`, prompts over 75 tokens, `[from:to:when]` editing, `[a|b]`
+    /// alternation, `AND`, `<lora:…>` tags taken out of the text, embeddings by name).
+    /// [`PromptSyntax::Plain`] reads them as diffusers does (truncated to 77 tokens, no syntax).
+    /// A plain prompt without special syntax and of at most 75 tokens gives identical
+    /// conditioning, and so identical images, in both.
+    pub prompt_syntax: PromptSyntax,
+    /// How `(text:1.2)` weights act (A1111's "Emphasis mode"); A1111 syntax only. Default:
+    /// [`EmphasisMode::Original`] (weights applied, then the mean of the hidden states restored).
+    pub emphasis: EmphasisMode,
+    /// Textual-inversion embeddings the prompts can trigger by writing their names (A1111 syntax
+    /// only). Embeddings whose width differs from the text encoder's are skipped, as A1111 skips
+    /// them. Default: none.
+    pub embeddings: Vec<Arc<Embedding>>,
 }
 
 impl GenerateRequest {
@@ -74,6 +94,9 @@ impl GenerateRequest {
             init_image: None,
             strength: 0.8,
             initial_latents: None,
+            prompt_syntax: PromptSyntax::A1111,
+            emphasis: EmphasisMode::Original,
+            embeddings: Vec::new(),
         }
     }
 
@@ -111,6 +134,12 @@ impl GenerateRequest {
             return Err(Error::invalid_argument(
                 "clip_skip",
                 "must be at least 1 (1 = last layer)",
+            ));
+        }
+        if self.prompt_syntax == PromptSyntax::Plain && !self.embeddings.is_empty() {
+            return Err(Error::invalid_argument(
+                "embeddings",
+                "textual-inversion embeddings need the A1111 prompt syntax",
             ));
         }
         if self.init_image.is_some() {
