@@ -11,15 +11,18 @@
 //! alternation change it at the steps A1111 changes it, and each `AND` part adds a block to the
 //! UNet batch (`[uncond, cond₀, cond₁, …]`), combined as A1111's `combine_denoised`.
 
+mod adapters;
 pub mod conditioning;
 mod request;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+pub use adapters::{AdapterReport, HypernetworkUse};
 pub use conditioning::{Conditioning, PromptSyntax, UsedEmbedding};
 pub use request::{GenerateRequest, MAX_BATCH, MAX_IMAGE_SIDE, MAX_STEPS};
 
+use adapters::{AdapterSet, ModelVariant, VariantCache};
 use conditioning::{EncodeOptions, ParsedPrompts, StepContext};
 
 use crate::adapters::EmbeddingSet;
@@ -73,6 +76,9 @@ pub struct Generation {
     pub embeddings_used: Vec<UsedEmbedding>,
     /// The extra-network tags (`<lora:…>`, `<hypernet:…>`) that were taken out of the prompt.
     pub extra_networks: Vec<ExtraNetworkTag>,
+    /// What the LoRAs and hypernetworks did: per LoRA the modules patched and every key of its
+    /// file that was not applied, by name, with the reason.
+    pub adapters: AdapterReport,
 }
 
 /// Most rows (images × UNet evaluations per image) run as one UNet batch; beyond it (many `AND`
@@ -92,6 +98,37 @@ pub struct Pipeline {
     model_path: PathBuf,
     model_name: String,
     model_hash: OnceLock<Option<String>>,
+    /// Models patched by the adapter sets used most recently.
+    variants: VariantCache,
+}
+
+/// The models one generation runs: the loaded ones, or a variant with adapters applied.
+enum Models<'a> {
+    Base(&'a Pipeline),
+    Adapted(Arc<ModelVariant>),
+}
+
+impl Models<'_> {
+    fn text_encoder(&self) -> &ClipTextModel {
+        match self {
+            Models::Base(p) => &p.text_encoder,
+            Models::Adapted(v) => &v.text_encoder,
+        }
+    }
+
+    fn unet(&self) -> &UNet2DConditionModel {
+        match self {
+            Models::Base(p) => &p.unet,
+            Models::Adapted(v) => &v.unet,
+        }
+    }
+
+    fn report(&self) -> AdapterReport {
+        match self {
+            Models::Base(_) => AdapterReport::default(),
+            Models::Adapted(v) => v.report.clone(),
+        }
+    }
 }
 
 impl Pipeline {
@@ -184,6 +221,7 @@ impl Pipeline {
             model_path: path.to_path_buf(),
             model_name,
             model_hash: OnceLock::new(),
+            variants: VariantCache::default(),
         })
     }
 
@@ -248,55 +286,43 @@ impl Pipeline {
     }
 
     /// The text conditioning of `request` for every step: its prompts parsed with
-    /// `request.prompt_syntax` and encoded with this model's text encoder (see [`conditioning`]).
+    /// `request.prompt_syntax` and encoded with this model's text encoder (see [`conditioning`]),
+    /// patched by the text-encoder part of the request's LoRAs and its prompt's `<lora:…>` tags.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] naming `prompt`, `negative_prompt`, `steps` or `clip_skip`
-    /// (prompt limits, a malformed `(a:1.2.3)` weight), or a device error.
+    /// (prompt limits, a malformed `(a:1.2.3)` weight, a tag naming no file), an adapter's
+    /// loading or application error, or a device error.
     pub fn conditioning(&self, request: &GenerateRequest) -> Result<Conditioning> {
-        let parsed = ParsedPrompts::parse(
-            &request.prompt,
-            &request.negative_prompt,
-            request.steps,
-            request.prompt_syntax,
-        )?;
-        let embeddings = EmbeddingSet::new(
-            &self.tokenizer,
-            self.text_encoder.config().hidden_size,
-            &request.embeddings,
-        );
-        parsed.encode(
-            &self.tokenizer,
-            &self.text_encoder,
-            &embeddings,
-            &EncodeOptions {
-                clip_skip: request.clip_skip,
-                emphasis: request.emphasis,
-                comma_backtrack: DEFAULT_COMMA_BACKTRACK,
-                guidance_scale: request.guidance_scale,
-            },
-        )
+        let parsed = self.parse(request)?;
+        let set = self.adapter_set(request, parsed.extra_networks())?;
+        let models = self.models(&set)?;
+        self.encode(request, &parsed, &set, &models)
     }
 
     /// Generates images. `progress` is called after every denoising step on the calling thread;
     /// returning `false` cancels with [`Error::Cancelled`].
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] naming the offending field, [`Error::Cancelled`], or a device
-    /// error.
+    /// [`Error::InvalidArgument`] naming the offending field, an adapter's loading or
+    /// application error, [`Error::Cancelled`], or a device error.
     pub fn generate(
         &self,
         request: &GenerateRequest,
         progress: &mut dyn FnMut(&Progress) -> bool,
     ) -> Result<Generation> {
         request.validate(self.latent_factor())?;
-        let conditioning = self.conditioning(request)?;
-        self.generate_with_conditioning(request, &conditioning, progress)
+        let parsed = self.parse(request)?;
+        let set = self.adapter_set(request, parsed.extra_networks())?;
+        let models = self.models(&set)?;
+        let conditioning = self.encode(request, &parsed, &set, &models)?;
+        self.run(request, &conditioning, &set, &models, progress)
     }
 
     /// [`generate`](Self::generate) with the text conditioning given instead of computed from
     /// the request's prompts (which then only go into the infotext): for conditioning computed
-    /// once and reused, built with a patched text encoder, or edited.
+    /// once and reused, built with a patched text encoder, or edited. The UNet part of the
+    /// request's adapters and of the conditioning's `<lora:…>`/`<hypernet:…>` tags applies.
     ///
     /// # Errors
     /// As [`generate`](Self::generate); [`Error::InvalidArgument`] naming `conditioning` when it
@@ -307,11 +333,94 @@ impl Pipeline {
         conditioning: &Conditioning,
         progress: &mut dyn FnMut(&Progress) -> bool,
     ) -> Result<Generation> {
+        request.validate(self.latent_factor())?;
+        let set = self.adapter_set(request, &conditioning.extra_networks)?;
+        let models = self.models(&set)?;
+        self.run(request, conditioning, &set, &models, progress)
+    }
+
+    /// Frees the models patched for earlier adapter sets (kept so that the next generation
+    /// with the same set starts at once). Generations running now keep theirs until they end.
+    pub fn release_adapter_cache(&self) -> Result<()> {
+        self.variants.clear()
+    }
+
+    fn parse(&self, request: &GenerateRequest) -> Result<ParsedPrompts> {
+        ParsedPrompts::parse(
+            &request.prompt,
+            &request.negative_prompt,
+            request.steps,
+            request.prompt_syntax,
+        )
+    }
+
+    fn adapter_set(
+        &self,
+        request: &GenerateRequest,
+        tags: &[ExtraNetworkTag],
+    ) -> Result<AdapterSet> {
+        AdapterSet::resolve(
+            &request.loras,
+            &request.hypernetworks,
+            tags,
+            request.adapter_library.as_deref(),
+        )
+    }
+
+    fn models(&self, set: &AdapterSet) -> Result<Models<'_>> {
+        if set.is_empty() {
+            return Ok(Models::Base(self));
+        }
+        Ok(Models::Adapted(self.variants.get(
+            set,
+            &self.text_encoder,
+            &self.unet,
+            self.device,
+        )?))
+    }
+
+    fn encode(
+        &self,
+        request: &GenerateRequest,
+        parsed: &ParsedPrompts,
+        set: &AdapterSet,
+        models: &Models<'_>,
+    ) -> Result<Conditioning> {
+        // Embeddings bundled in LoRAs first, so that one of the same name given by the caller
+        // wins (EmbeddingSet keeps the later of two names), as in A1111.
+        let mut embeddings = set.bundled_embeddings();
+        embeddings.extend(request.embeddings.iter().cloned());
+        let embeddings = EmbeddingSet::new(
+            &self.tokenizer,
+            models.text_encoder().config().hidden_size,
+            &embeddings,
+        );
+        parsed.encode(
+            &self.tokenizer,
+            models.text_encoder(),
+            &embeddings,
+            &EncodeOptions {
+                clip_skip: request.clip_skip,
+                emphasis: request.emphasis,
+                comma_backtrack: DEFAULT_COMMA_BACKTRACK,
+                guidance_scale: request.guidance_scale,
+            },
+        )
+    }
+
+    fn run(
+        &self,
+        request: &GenerateRequest,
+        conditioning: &Conditioning,
+        set: &AdapterSet,
+        models: &Models<'_>,
+        progress: &mut dyn FnMut(&Progress) -> bool,
+    ) -> Result<Generation> {
+        let unet = models.unet();
         let factor = self.latent_factor();
-        request.validate(factor)?;
         let b = request.batch_size;
         let (lh, lw) = (request.height / factor, request.width / factor);
-        let latent_channels = self.unet.config().in_channels;
+        let latent_channels = unet.config().in_channels;
         let latent_shape = [b, latent_channels, lh, lw];
 
         let mut context = StepContext::new(conditioning, b)?;
@@ -320,12 +429,12 @@ impl Pipeline {
             .first()
             .and_then(|c| c.schedule.segments.first())
             .map_or(0, |s| s.cond.dims()[2]);
-        if width != self.unet.config().cross_attention_dim {
+        if width != unet.config().cross_attention_dim {
             return Err(Error::invalid_argument(
                 "conditioning",
                 format!(
                     "width {width} differs from the UNet's cross-attention width {}",
-                    self.unet.config().cross_attention_dim
+                    unet.config().cross_attention_dim
                 ),
             ));
         }
@@ -387,11 +496,11 @@ impl Pipeline {
                     latents.clone()
                 };
                 let model_in = scheduler.scale_model_input(&model_in, i)?;
-                self.unet.forward(&model_in, t, cond)?
+                unet.forward(&model_in, t, cond)?
             } else {
                 let model_in = scheduler.scale_model_input(&latents, i)?;
                 let blocks = (0..groups)
-                    .map(|g| self.unet.forward(&model_in, t, &cond.narrow(0, g * b, b)?))
+                    .map(|g| unet.forward(&model_in, t, &cond.narrow(0, g * b, b)?))
                     .collect::<Result<Vec<_>>>()?;
                 Tensor::cat(&blocks.iter().collect::<Vec<_>>(), 0)?
             };
@@ -416,7 +525,7 @@ impl Pipeline {
         let images = image::from_tensor(&decoded)?;
         let padded = context.padded();
         let infotexts = (0..b)
-            .map(|i| self.infotext(request, conditioning, padded, i))
+            .map(|i| self.infotext(request, conditioning, set, padded, i))
             .collect();
         Ok(Generation {
             images,
@@ -424,6 +533,7 @@ impl Pipeline {
             infotexts,
             embeddings_used: conditioning.embeddings_used.clone(),
             extra_networks: conditioning.extra_networks.clone(),
+            adapters: models.report(),
         })
     }
 
@@ -431,6 +541,7 @@ impl Pipeline {
         &self,
         request: &GenerateRequest,
         conditioning: &Conditioning,
+        set: &AdapterSet,
         padded: bool,
         index: usize,
     ) -> String {
@@ -444,10 +555,13 @@ impl Pipeline {
             extra.push(("Batch pos".to_string(), index.to_string()));
         }
         // A1111's order: what the text encoder adds (`TI hashes`, `Emphasis`), then what the
-        // sampler adds (`Pad conds`).
+        // sampler adds (`Pad conds`), then the networks (`Lora hashes`).
         extra.extend(conditioning.infotext.iter().cloned());
         if padded {
             extra.push(("Pad conds".to_string(), "True".to_string()));
+        }
+        if let Some(hashes) = set.lora_hashes() {
+            extra.push(("Lora hashes".to_string(), hashes));
         }
         if request.prompt_syntax == PromptSyntax::Plain {
             extra.push((
@@ -456,7 +570,9 @@ impl Pipeline {
             ));
         }
         GenerationInfo {
-            prompt: request.prompt.clone(),
+            // Adapters given outside the prompt are written as the tags A1111 would need to
+            // reproduce the image.
+            prompt: format!("{}{}", request.prompt, set.request_tags()),
             negative_prompt: request.negative_prompt.clone(),
             steps: request.steps as u32,
             sampler: sampler.to_string(),

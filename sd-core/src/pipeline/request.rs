@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
+use super::adapters::HypernetworkUse;
 use super::conditioning::PromptSyntax;
-use crate::adapters::Embedding;
+use crate::adapters::{AdapterLibrary, Embedding, LoraUse};
 use crate::error::{Error, Result};
 use crate::image::RgbImage;
 use crate::prompt::EmphasisMode;
@@ -75,6 +76,17 @@ pub struct GenerateRequest {
     /// only). Embeddings whose width differs from the text encoder's are skipped, as A1111 skips
     /// them. Default: none.
     pub embeddings: Vec<Arc<Embedding>>,
+    /// LoRA / LyCORIS adapters, each with its text-encoder and UNet strength, applied in order
+    /// before those the prompt's `<lora:…>` tags name. The loaded model is not changed: the
+    /// generation runs on patched copies of the layers they touch, cached for the next
+    /// generation with the same set. Default: none.
+    pub loras: Vec<LoraUse>,
+    /// Hypernetworks, chained in order before those the prompt's `<hypernet:…>` tags name.
+    /// Default: none.
+    pub hypernetworks: Vec<HypernetworkUse>,
+    /// The folders `<lora:NAME>` and `<hypernet:NAME>` tags are looked up in. Without one, a
+    /// prompt with such a tag is an error naming the tag. Default: none.
+    pub adapter_library: Option<Arc<AdapterLibrary>>,
 }
 
 impl GenerateRequest {
@@ -97,6 +109,9 @@ impl GenerateRequest {
             prompt_syntax: PromptSyntax::A1111,
             emphasis: EmphasisMode::Original,
             embeddings: Vec::new(),
+            loras: Vec::new(),
+            hypernetworks: Vec::new(),
+            adapter_library: None,
         }
     }
 
