@@ -320,7 +320,7 @@ pub fn extract_lora(
                 }),
                 None => lora
                     .layers
-                    .push(extract_layer(item, target, *rule, &pair, options)?),
+                    .push(extract_layer(item, target, *rule, pair, options)?),
             },
             Action::Compare => {
                 if pair.max_abs_diff > 0.0 && pair.negligible(options.min_diff).is_none() {
@@ -452,18 +452,22 @@ fn extract_layer(
     item: &Planned,
     target: &Target,
     rule: RankRule,
-    pair: &TensorPair,
+    pair: TensorPair,
     options: &ExtractOptions,
 ) -> Result<ExtractedLayer> {
     let dims = item.shape.dims();
     let rows = dims[0];
     let cols = item.shape.elem_count() / rows.max(1);
+    let max_abs_diff = pair.max_abs_diff;
+    // Subtracting in f64 keeps ΔW exact (f32 has 24-bit significands; f64 rounds only when the
+    // two weights are more than 2^28 apart). The weights are freed before the SVD.
     let delta: Vec<f64> = pair
         .base
         .iter()
         .zip(&pair.tuned)
         .map(|(&a, &b)| f64::from(b) - f64::from(a))
         .collect();
+    drop(pair);
     let factors = factorize(&delta, rows, cols, rule, options.split).map_err(|e| {
         Error::Internal(format!(
             "factorizing {} `{}`: {e}",
@@ -473,7 +477,7 @@ fn extract_layer(
     Ok(ExtractedLayer {
         target: target.clone(),
         weight_shape: dims.to_vec(),
-        max_abs_diff: pair.max_abs_diff,
+        max_abs_diff,
         factors,
     })
 }
