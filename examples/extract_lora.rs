@@ -12,7 +12,8 @@
 //! Exit status: 0 written; 1 refused (the models do not match, a model file is malformed or
 //! unsupported, or nothing differs); 2 usage or I/O error.
 
-use std::io::IsTerminal;
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -52,6 +53,13 @@ usage: extract_lora --base PATH --tuned PATH --output OUT.safetensors
 
 exit status: 0 written, 1 refused (models do not match, malformed or unsupported model,
 nothing differs), 2 usage or I/O error";
+
+/// `println!` into a `String` (writing to a `String` cannot fail).
+macro_rules! line {
+    ($out:expr, $($arg:tt)*) => {{
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
 
 /// How the command ends, mapped to the exit status.
 enum Failure {
@@ -248,7 +256,8 @@ fn run(args: &Args) -> Result<(), Failure> {
         )));
     }
     lora.save(&args.output, args.dtype)?;
-    print_summary(&lora, args);
+    // Ignore a closed stdout (`| head`): the file is written.
+    let _ = std::io::stdout().write_all(summary(&lora, args).as_bytes());
     Ok(())
 }
 
@@ -256,13 +265,16 @@ fn percent(x: f64) -> String {
     format!("{:.2}%", 100.0 * x)
 }
 
-fn print_summary(lora: &ExtractedLora, args: &Args) {
+/// The summary printed after writing (a string, so that a closed pipe cannot panic the printing).
+fn summary(lora: &ExtractedLora, args: &Args) -> String {
+    let mut out = String::new();
     let o = &lora.options;
     let count = |n: Network| lora.layers.iter().filter(|l| l.target.network == n).count();
     let bytes = std::fs::metadata(&args.output)
         .map(|m| m.len())
         .unwrap_or(0);
-    println!(
+    line!(
+        out,
         "wrote {}: {} layers ({} text encoder, {} UNet), {}, {:.1} KiB",
         args.output,
         lora.layers.len(),
@@ -279,10 +291,11 @@ fn print_summary(lora: &ExtractedLora, args: &Args) {
         .conv_rank
         .map(|r| format!("; 3x3 convolutions: {}", r.describe()))
         .unwrap_or_default();
-    println!("rule: {}{conv}", o.rank.describe());
+    line!(out, "rule: {}{conv}", o.rank.describe());
     let mut ranks: Vec<usize> = lora.layers.iter().map(|l| l.rank()).collect();
     ranks.sort_unstable();
-    println!(
+    line!(
+        out,
         "ranks: min {}, median {}, max {}",
         ranks[0],
         ranks[ranks.len() / 2],
@@ -300,7 +313,8 @@ fn print_summary(lora: &ExtractedLora, args: &Args) {
         .zip(&energies)
         .min_by(|a, b| a.1.total_cmp(b.1))
     {
-        println!(
+        line!(
+            out,
             "kept energy: mean {}, least {} ({})",
             percent(mean),
             percent(*e),
@@ -309,7 +323,8 @@ fn print_summary(lora: &ExtractedLora, args: &Args) {
     }
     if args.verbose {
         for (l, e) in lora.layers.iter().zip(&energies) {
-            println!(
+            line!(
+                out,
                 "  {} rank {}/{} energy {} max |dW| {:.3e}",
                 l.name(),
                 l.rank(),
@@ -325,7 +340,8 @@ fn print_summary(lora: &ExtractedLora, args: &Args) {
             .iter()
             .filter(|s| s.reason == SkipReason::Identical)
             .count();
-        println!(
+        line!(
+            out,
             "skipped {} layers ({identical} identical, {} equal at half precision or within \
              --min-diff)",
             lora.skipped.len(),
@@ -338,11 +354,12 @@ fn print_summary(lora: &ExtractedLora, args: &Args) {
             .filter(|s| args.verbose || s.reason != SkipReason::Identical)
             .take(shown)
         {
-            println!("  {}: {}", s.target.kohya_name(), s.reason);
+            line!(out, "  {}: {}", s.target.kohya_name(), s.reason);
         }
     }
     if !lora.uncovered.is_empty() {
-        println!(
+        line!(
+            out,
             "not carried by the LoRA: {} other tensors differ (biases, norms, embeddings, layers \
              left out{})",
             lora.uncovered.len(),
@@ -356,15 +373,23 @@ fn print_summary(lora: &ExtractedLora, args: &Args) {
         sorted.sort_by(|a, b| b.max_abs_diff.total_cmp(&a.max_abs_diff));
         let shown = if args.verbose { sorted.len() } else { 10 };
         for u in sorted.iter().take(shown) {
-            println!(
+            line!(
+                out,
                 "  {} {}: max |diff| {:.3e}",
-                u.component, u.name, u.max_abs_diff
+                u.component,
+                u.name,
+                u.max_abs_diff
             );
         }
         if sorted.len() > shown {
-            println!("  ... {} more (--verbose lists them)", sorted.len() - shown);
+            line!(
+                out,
+                "  ... {} more (--verbose lists them)",
+                sorted.len() - shown
+            );
         }
     }
+    out
 }
 
 fn main() -> ExitCode {
