@@ -3,7 +3,7 @@
 //! AUTOMATIC1111, diffusers, ComfyUI and kohya's own scripts load.
 //!
 //! For every layer kohya's LoRA trains ([`targets`]), ΔW = W_tuned − W_base is decomposed by a
-//! truncated SVD ([`factorize`]); the kept rank is fixed or chosen per layer by an energy rule
+//! truncated SVD ([`factorize()`]); the kept rank is fixed or chosen per layer by an energy rule
 //! ([`RankRule`]). Layers whose ΔW is zero, below a threshold, or only the rounding of one model
 //! to half precision are skipped and reported; differences a LoRA cannot carry (biases, norms,
 //! embeddings, layers outside the targets) are reported too. [`ExtractedLora::save`] writes the
