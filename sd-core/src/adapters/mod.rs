@@ -1,9 +1,11 @@
 //! Add-ons that steer a loaded model, as users share them: textual-inversion [`embedding`]s
 //! (vectors spliced into the text encoder's input), and, built on the parameter and attention
-//! seams of [`crate::models::params`], [`lora`]-family weight patches and [`hypernetwork`]s; a [`library`] finds the files prompts
-//! name.
+//! seams of [`crate::models::params`], [`lora`]-family weight patches and [`hypernetwork`]s; a
+//! [`library`] finds the files prompts name, and [`extract`] makes a LoRA out of a full
+//! fine-tune and its base model.
 
 pub mod embedding;
+pub mod extract;
 pub mod hypernetwork;
 pub mod library;
 pub mod lora;
