@@ -11,18 +11,18 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::Arc;
 
 use common::{Reference, assert_close, fixture};
 use safetensors::{Dtype, SafeTensors};
+use sd_core::ErrorKind;
 use sd_core::adapters::extract::{
-    ExtractOptions, ExtractedLora, FactorSplit, Network, RankRule, SkipReason, extract_lora,
-    targets,
+    ExtractOptions, ExtractedLora, FactorSplit, RankRule, SkipReason, extract_lora,
 };
 use sd_core::pipeline::{LoadOptions, Pipeline};
 use sd_core::weights::{
     RawTensor, SafetensorsFile, StoredDType, TensorSource, WriteDType, write_safetensors_raw,
 };
-use sd_core::{Device, ErrorKind, Tensor};
 use sha2::{Digest, Sha256};
 
 // ---------------------------------------------------------------------------------------------
@@ -1080,68 +1080,33 @@ fn cli_usage_and_io_errors_exit_2() {
 // ---------------------------------------------------------------------------------------------
 // What diffusers makes of an extracted LoRA
 
-/// Adds `scale·up·down` of every layer of `lora` to the matching parameters (the plain kohya
-/// LoRA merge, written out here so that this test does not depend on a LoRA loader); returns
-/// how many layers were applied.
-fn merge_lora(
-    lora: &LoraFile,
-    network: Network,
-    visit: impl FnOnce(
-        &mut dyn FnMut(&str, sd_core::models::ParamMut<'_>) -> sd_core::Result<()>,
-    ) -> sd_core::Result<()>,
-) -> usize {
-    let mut applied = 0;
-    visit(&mut |name, mut param| {
-        let Some(target) = targets::classify(network, name) else {
-            return Ok(());
-        };
-        let kohya = target.kohya_name();
-        if !lora.tensors.contains_key(&format!("{kohya}.alpha")) {
-            return Ok(());
-        }
-        let shape = param.torch_shape();
-        let (r, alpha, up, down) = lora.layer(&kohya, &shape);
-        let scale = f64::from(alpha) / r as f64;
-        let rows = shape[0];
-        let cols: usize = shape[1..].iter().product();
-        let mut w = param.value()?.to_vec()?;
-        for i in 0..rows {
-            for j in 0..cols {
-                let d: f64 = (0..r)
-                    .map(|k| f64::from(up[i * r + k]) * f64::from(down[k * cols + j]))
-                    .sum();
-                w[i * cols + j] += (scale * d) as f32;
-            }
-        }
-        param.set(Tensor::from_vec(w, shape, Device::Cpu)?)?;
-        applied += 1;
-        Ok(())
-    })
-    .expect("merge");
-    applied
-}
-
 #[test]
 fn diffusers_reading_of_the_committed_lora_is_reproduced() -> sd_core::Result<()> {
     // tools/check_extract_diffusers.py extracted this LoRA from a fine-tune with 18 low-rank
     // differences, had diffusers load it into the base (`load_lora_weights`) and recorded the
     // patched text encoder's and UNet's outputs in float64; there they match the fine-tune's to
-    // 3e-8. Merged here by its kohya names, it must give the same outputs: tolerance 1e-5 of the
-    // largest magnitude, as for the models' own parity with diffusers (float32 against float64
-    // is about 1e-6; a layer merged into the wrong parameter, transposed or scaled moves the
-    // outputs by more than 1e-2).
+    // 3e-8. Read by the project's own LoRA loader, it must give the same outputs: tolerance
+    // 1e-5 of the largest magnitude, as for the models' own parity with diffusers (float32
+    // against float64 is about 1e-6; a layer merged into the wrong parameter, transposed or
+    // scaled moves the outputs by more than 1e-2).
     let r = Reference::open("extract_lora.safetensors");
-    let lora = read_lora(&fixture("extract/lora_rank4_conv.safetensors"));
+    let path = fixture("extract/lora_rank4_conv.safetensors");
+    let lora = read_lora(&path);
     assert_eq!(lora.metadata["ss_network_module"], "networks.lora");
     let pipe = Pipeline::load(fixture("tiny-sd"), &LoadOptions::default())?;
     let mut text_encoder = pipe.text_encoder().clone();
     let mut unet = pipe.unet().clone();
-    let applied = merge_lora(&lora, Network::TextEncoder, |f| {
-        text_encoder.visit_parameters(f)
-    }) + merge_lora(&lora, Network::Unet, |f| unet.visit_parameters(f));
-    assert_eq!(applied, 18);
+    let loaded = Arc::new(sd_core::adapters::Lora::open(&path)?);
+    let report = sd_core::adapters::apply_loras(
+        &[sd_core::adapters::LoraUse::new(loaded, 1.0)],
+        &mut text_encoder,
+        &mut unet,
+    )?;
+    let applied = &report.loras[0];
+    assert_eq!(applied.applied.len(), 18);
+    assert!(applied.skipped.is_empty(), "skipped: {:?}", applied.skipped);
     assert_eq!(
-        3 * applied,
+        3 * applied.applied.len(),
         lora.tensors.len(),
         "every layer of the file applied"
     );
