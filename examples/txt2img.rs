@@ -10,10 +10,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
+use sd_core::adapters::{
+    AdapterLibrary, Embedding, Hypernetwork, Lora, LoraUse, load_embedding_dir,
+};
 use sd_core::image::{self, RgbImage};
-use sd_core::pipeline::{GenerateRequest, LoadOptions, Pipeline, Progress, PromptSyntax};
+use sd_core::pipeline::{
+    AdapterReport, GenerateRequest, HypernetworkUse, LoadOptions, Pipeline, Progress, PromptSyntax,
+};
 use sd_core::schedulers::SchedulerKind;
 use sd_core::weights::{SafetensorsFile, TensorSource, WriteDType, write_safetensors};
 use sd_core::{Device, Tensor};
@@ -45,6 +51,20 @@ usage: txt2img [--model PATH] --prompt TEXT [options]
   --save-latents FILE     write the final latents (before decoding) to FILE, same format
   --output PATH           PNG to write (default: output.png; batches add -1, -2, ... before .png)
   --device NAME           cpu (default), cuda or cuda:N
+  --clip-skip N           use the text encoder's hidden state N layers from the end, counted as
+                          AUTOMATIC1111 counts it (default: 1, the last layer)
+
+adapters (each flag may be given several times; they apply in the order given):
+  --lora PATH[:STRENGTH]  a LoRA / LyCORIS file (.safetensors, .pt, .ckpt, .bin) at STRENGTH
+                          (default 1); PATH:TE:UNET gives separate text-encoder and UNet strengths
+  --embedding PATH        a textual-inversion embedding, triggered by writing its name (the file
+                          name without extension) in the prompt
+  --hypernetwork PATH[:STRENGTH]
+                          an AUTOMATIC1111 hypernetwork (.pt) at STRENGTH (default 1)
+  --lora-dir DIR          folder where <lora:NAME:TE:UNET> tags in the prompt are looked up
+  --hypernetwork-dir DIR  folder where <hypernet:NAME:STRENGTH> tags are looked up
+  --embedding-dir DIR     load every embedding in DIR (as AUTOMATIC1111's embeddings folder)
+
   --help                  this text
 ";
 
@@ -68,6 +88,37 @@ struct Args {
     save_latents: Option<PathBuf>,
     output: PathBuf,
     device: Device,
+    clip_skip: usize,
+    loras: Vec<(PathBuf, f32, f32)>,
+    embeddings: Vec<PathBuf>,
+    hypernetworks: Vec<(PathBuf, f32)>,
+    lora_dirs: Vec<PathBuf>,
+    hypernetwork_dirs: Vec<PathBuf>,
+    embedding_dirs: Vec<PathBuf>,
+}
+
+/// Splits `PATH[:X[:Y]]`: trailing `:number` parts are strengths (at most `max`), the rest is
+/// the path (which may itself contain `:`).
+fn path_and_strengths(flag: &str, value: &str, max: usize) -> Result<(PathBuf, Vec<f32>), String> {
+    let mut path = value;
+    let mut numbers = Vec::new();
+    while numbers.len() < max {
+        let Some((head, tail)) = path.rsplit_once(':') else {
+            break;
+        };
+        let Ok(x) = tail.parse::<f32>() else {
+            break;
+        };
+        if !x.is_finite() {
+            return Err(format!("{flag}: strength `{tail}` is not a finite number"));
+        }
+        numbers.insert(0, x);
+        path = head;
+    }
+    if path.is_empty() {
+        return Err(format!("{flag}: `{value}` names no file"));
+    }
+    Ok((PathBuf::from(path), numbers))
 }
 
 fn parse_args(argv: &[String]) -> Result<Option<Args>, String> {
@@ -90,6 +141,13 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>, String> {
         save_latents: None,
         output: PathBuf::from("output.png"),
         device: Device::Cpu,
+        clip_skip: 1,
+        loras: Vec::new(),
+        embeddings: Vec::new(),
+        hypernetworks: Vec::new(),
+        lora_dirs: Vec::new(),
+        hypernetwork_dirs: Vec::new(),
+        embedding_dirs: Vec::new(),
     };
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
@@ -130,6 +188,25 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>, String> {
             "--save-latents" => args.save_latents = Some(PathBuf::from(value()?)),
             "--output" => args.output = PathBuf::from(value()?),
             "--device" => args.device = Device::parse(value()?).map_err(|e| e.to_string())?,
+            "--clip-skip" => args.clip_skip = number(flag, value()?)?,
+            "--lora" => {
+                let (path, s) = path_and_strengths(flag, value()?, 2)?;
+                let (te, unet) = match s.as_slice() {
+                    [] => (1.0, 1.0),
+                    [x] => (*x, *x),
+                    [te, unet, ..] => (*te, *unet),
+                };
+                args.loras.push((path, te, unet));
+            }
+            "--hypernetwork" => {
+                let (path, s) = path_and_strengths(flag, value()?, 1)?;
+                args.hypernetworks
+                    .push((path, s.first().copied().unwrap_or(1.0)));
+            }
+            "--embedding" => args.embeddings.push(PathBuf::from(value()?)),
+            "--lora-dir" => args.lora_dirs.push(PathBuf::from(value()?)),
+            "--hypernetwork-dir" => args.hypernetwork_dirs.push(PathBuf::from(value()?)),
+            "--embedding-dir" => args.embedding_dirs.push(PathBuf::from(value()?)),
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
@@ -166,6 +243,65 @@ fn read_latents(path: &Path) -> sd_core::Result<Tensor> {
         })?;
     let data = file.read_f32("latents")?;
     Tensor::from_vec(data, info.shape, Device::Cpu)
+}
+
+/// Loads the adapters the flags name into the request.
+fn add_adapters(args: &Args, request: &mut GenerateRequest) -> sd_core::Result<()> {
+    for (path, te, unet) in &args.loras {
+        let lora = Arc::new(Lora::open(path)?);
+        request
+            .loras
+            .push(LoraUse::with_strengths(lora, *te, *unet));
+    }
+    for (path, strength) in &args.hypernetworks {
+        request.hypernetworks.push(HypernetworkUse::new(
+            Arc::new(Hypernetwork::open(path)?),
+            *strength,
+        ));
+    }
+    for dir in &args.embedding_dirs {
+        let found = load_embedding_dir(dir)?;
+        for (path, e) in &found.skipped {
+            eprintln!("note: skipped embedding {}: {e}", path.display());
+        }
+        request.embeddings.extend(found.embeddings);
+    }
+    for path in &args.embeddings {
+        request.embeddings.push(Arc::new(Embedding::open(path)?));
+    }
+    if !args.lora_dirs.is_empty() || !args.hypernetwork_dirs.is_empty() {
+        let mut library = AdapterLibrary::new();
+        for dir in &args.lora_dirs {
+            library = library.with_lora_dir(dir);
+        }
+        for dir in &args.hypernetwork_dirs {
+            library = library.with_hypernetwork_dir(dir);
+        }
+        request.adapter_library = Some(Arc::new(library));
+    }
+    Ok(())
+}
+
+/// Prints what the adapters did: modules patched, and every key of a LoRA file that was not
+/// applied, by name, with the reason.
+fn report_adapters(report: &AdapterReport) {
+    for lora in &report.loras.loras {
+        eprintln!(
+            "lora {}: {} modules applied (text encoder {}, UNet {})",
+            lora.name,
+            lora.applied.len(),
+            lora.text_encoder_strength,
+            lora.unet_strength
+        );
+        for skipped in &lora.skipped {
+            eprintln!("  not applied: {}: {}", skipped.key, skipped.reason);
+        }
+    }
+    if let Some(hn) = &report.hypernetworks {
+        for warning in &hn.warnings {
+            eprintln!("hypernetwork warning: {warning}");
+        }
+    }
 }
 
 /// A progress bar on stderr.
@@ -237,6 +373,8 @@ fn run(args: Args) -> Result<(), String> {
     request.height = args.height.unwrap_or(default_h);
     request.batch_size = args.batch;
     request.strength = args.strength;
+    request.clip_skip = args.clip_skip;
+    add_adapters(&args, &mut request).map_err(|e| e.to_string())?;
     if let Some(path) = &args.init_image {
         request.init_image = Some(image::load_image(path).map_err(|e| e.to_string())?);
         if args.width.is_none() && args.height.is_none() {
@@ -267,6 +405,7 @@ fn run(args: Args) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
     eprintln!("generated in {:.1} s", started.elapsed().as_secs_f64());
+    report_adapters(&result.adapters);
 
     if let Some(path) = &args.save_latents {
         let data = result.latents.to_vec().map_err(|e| e.to_string())?;

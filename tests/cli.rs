@@ -185,3 +185,157 @@ fn prompt_syntax_flag_selects_the_reading() {
     assert_ne!(weighted, literal);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Runs txt2img on the fixture model with `extra` flags; returns the saved latents, the PNG's
+/// infotext and stderr.
+fn run_with(tag: &str, r: &Reference, prompt: &str, extra: &[&str]) -> (Tensor, String, String) {
+    let dir = tempdir(tag);
+    let saved = dir.join("final.safetensors");
+    let png = dir.join("out.png");
+    let out = txt2img()
+        .args(["--model", fixture("tiny-sd").to_str().expect("utf-8 path")])
+        .args(["--prompt", prompt])
+        .args(["--negative-prompt", &r.meta("negative_prompt")])
+        .args([
+            "--steps",
+            &r.meta("steps"),
+            "--guidance",
+            &r.meta("guidance"),
+        ])
+        .args([
+            "--scheduler",
+            &r.meta("scheduler"),
+            "--seed",
+            &r.meta("seed"),
+        ])
+        .args(["--width", "64", "--height", "64"])
+        .args(extra)
+        .arg("--save-latents")
+        .arg(&saved)
+        .arg("--output")
+        .arg(&png)
+        .output()
+        .expect("run txt2img");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "txt2img {extra:?} failed: {stderr}");
+    let file = SafetensorsFile::open(&saved).expect("saved latents");
+    let info = file.tensor_info("latents").expect("tensor `latents`");
+    let latents = Tensor::from_vec(
+        file.read_f32("latents").expect("read"),
+        info.shape,
+        Device::Cpu,
+    )
+    .expect("tensor");
+    let text = image::read_png_text(&png).expect("png text");
+    let info = text
+        .into_iter()
+        .find(|(k, _)| k == "parameters")
+        .map(|(_, v)| v)
+        .expect("parameters chunk");
+    let _ = std::fs::remove_dir_all(&dir);
+    (latents, info, stderr)
+}
+
+#[test]
+fn adapter_flags_reproduce_diffusers_and_tags_resolve_from_folders() {
+    // diffusers' own runs of the tiny model with a kohya LoRA (text encoder 0.5, UNet 0.8) and
+    // a textual inversion (tools/make_adapter_run_fixtures.py), within the whole-run tolerance.
+    let r = Reference::open("adapters_run.safetensors");
+    let lora = fixture("lora/kohya_locon.safetensors");
+    let lora_flag = format!("{}:0.5:0.8", lora.display());
+    let ti = fixture("ti/ti-alpha.pt");
+    let (flags, info, stderr) = run_with(
+        "lora-flags",
+        &r,
+        &r.meta("prompt_ti"),
+        &[
+            "--lora",
+            &lora_flag,
+            "--embedding",
+            ti.to_str().expect("utf-8"),
+        ],
+    );
+    assert_close(
+        "txt2img --lora --embedding",
+        &flags,
+        &r.tensor("latents_lora_ti"),
+        3e-5,
+    );
+    assert!(stderr.contains("lora kohya_locon:"), "{stderr}");
+    assert!(info.contains("<lora:kohya_locon:0.5:0.8>"), "{info}");
+    assert!(info.contains("Lora hashes: \"kohya_locon: "), "{info}");
+    assert!(info.contains("TI hashes: \"ti-alpha: "), "{info}");
+
+    // The same LoRA named by a prompt tag and found in --lora-dir: the same run, bit for bit.
+    let prompt = format!("{} <lora:kohya_locon:0.5:0.8>", r.meta("prompt_ti"));
+    let lora_dir = fixture("lora");
+    let (tags, _, _) = run_with(
+        "lora-tags",
+        &r,
+        &prompt,
+        &[
+            "--lora-dir",
+            lora_dir.to_str().expect("utf-8"),
+            "--embedding",
+            ti.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(tags.to_vec().expect("tags"), flags.to_vec().expect("flags"));
+
+    // A hypernetwork and CLIP skip change the image and are recorded as A1111 records them.
+    let hn = fixture("hypernetwork/hn-relu.pt");
+    let hn_flag = format!("{}:0.6", hn.display());
+    let (with_hn, info, _) = run_with(
+        "hn",
+        &r,
+        &r.meta("prompt_lora"),
+        &["--hypernetwork", &hn_flag, "--clip-skip", "2"],
+    );
+    assert!(info.contains("<hypernet:hn-relu:0.6>"), "{info}");
+    assert!(info.contains("Clip skip: 2"), "{info}");
+    let (plain, _, _) = run_with("plain", &r, &r.meta("prompt_lora"), &[]);
+    assert_ne!(
+        with_hn.to_vec().expect("hn"),
+        plain.to_vec().expect("plain")
+    );
+}
+
+#[test]
+fn adapter_flag_errors_are_specific() {
+    let base = ["--prompt", "a cat <lora:nowhere:1>", "--steps", "1"];
+    let out = txt2img().args(base).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("<lora:nowhere>"), "{err}");
+
+    let out = txt2img()
+        .args([
+            "--prompt",
+            "x",
+            "--lora",
+            "/nonexistent/style.safetensors:0.7",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/style.safetensors"), "{err}");
+
+    for (flag, value) in [
+        ("--lora", ":0.5"),
+        ("--lora", "x.safetensors:inf"),
+        ("--hypernetwork", "h.pt:NaN"),
+        ("--clip-skip", "two"),
+    ] {
+        let out = txt2img()
+            .args(["--prompt", "x", flag, value])
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(flag),
+            "{flag} {value}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
