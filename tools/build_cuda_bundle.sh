@@ -4,6 +4,8 @@
 #   .gpu/cuda_ops               GPU op-by-op tests against the CPU (f32/f16/bf16, poisoned outputs)
 #   .gpu/cuda_kernels_compile   NVRTC compile + spill checks
 #   .gpu/cuda_pipeline          whole generations on the GPU against the CPU (tiny fixture model)
+#   .gpu/cuda_prompt            the A1111 prompt path on the GPU against the CPU
+#   .gpu/adapters_cuda          textual inversion and hypernetworks on the GPU against references
 #   .gpu/cuda_bench             UNet step / VAE decode / 20-step image timings (release)
 #   .gpu/run.sh                 runs them with the CUDA 13 libraries on LD_LIBRARY_PATH
 # Usage: tools/build_cuda_bundle.sh      (then, on the GPU machine: bash .gpu/run.sh [bench|sanitize])
@@ -19,9 +21,18 @@ for name in cuda_ops cuda_kernels_compile cuda_pipeline; do
     [ -n "$exe" ] || { echo "test binary $name not found" >&2; exit 1; }
     cp "$exe" ".gpu/$name"
 done
+root_json="$(cargo test --features cuda --test cuda_prompt --test adapters_cuda \
+    --no-run --message-format=json 2>/dev/null)"
+for name in cuda_prompt adapters_cuda; do
+    exe="$(printf '%s\n' "$root_json" | grep '"executable":"[^"]*'"$name"'-' \
+        | sed 's/.*"executable":"\([^"]*\)".*/\1/' | tail -n 1)"
+    [ -n "$exe" ] || { echo "test binary $name not found" >&2; exit 1; }
+    cp "$exe" ".gpu/$name"
+done
 cargo build --release --features cuda --example cuda_bench
 cp target/release/examples/cuda_bench .gpu/cuda_bench
-strip .gpu/cuda_ops .gpu/cuda_kernels_compile .gpu/cuda_pipeline .gpu/cuda_bench 2>/dev/null || true
+strip .gpu/cuda_ops .gpu/cuda_kernels_compile .gpu/cuda_pipeline .gpu/cuda_prompt \
+    .gpu/adapters_cuda .gpu/cuda_bench 2>/dev/null || true
 
 cat > .gpu/run.sh <<'RUN'
 #!/usr/bin/env bash
@@ -37,8 +48,11 @@ export SDRS_CUDA_CACHE="$here/cache" SDRS_REQUIRE_NVRTC=1
 nvidia-smi -L || true
 "$here/cuda_kernels_compile" --nocapture
 "$here/cuda_ops" --test-threads 1 --nocapture
-# cuda_pipeline finds the fixture model relative to the repository (run from its root).
+# The whole-pipeline tests find the fixtures under the repository (run from its root).
+export SDRS_FIXTURES="$PWD/tests/fixtures"
 "$here/cuda_pipeline" --nocapture
+"$here/cuda_prompt" --nocapture
+"$here/adapters_cuda" --nocapture
 if [ "${1:-}" = bench ]; then
     "$here/cuda_bench" --runs 5
 fi

@@ -1,6 +1,8 @@
 //! Whole generations on a CUDA device against the CPU backend, on the tiny fixture model:
 //! text-to-image with guidance and a batch, an ancestral sampler (noise drawn every step),
-//! image-to-image, and CLIP skip. The latents are compared by relative L2 error.
+//! image-to-image, CLIP skip, and adapters (a LoRA patching weights on the device, a
+//! hypernetwork hooked into attention, a textual inversion). The latents are compared by
+//! relative L2 error.
 //!
 //! Without a CUDA driver and device every test prints "skipped: …" and passes; on a GPU
 //! machine run `cargo test -p sd-core --features cuda --test cuda_pipeline` with the CUDA 13
@@ -8,9 +10,11 @@
 #![cfg(feature = "cuda")]
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use sd_core::adapters::{Embedding, Hypernetwork, Lora, LoraUse};
 use sd_core::image::RgbImage;
-use sd_core::pipeline::{GenerateRequest, LoadOptions, Pipeline};
+use sd_core::pipeline::{GenerateRequest, HypernetworkUse, LoadOptions, Pipeline};
 use sd_core::schedulers::SchedulerKind;
 use sd_core::{Device, Tensor};
 
@@ -19,18 +23,30 @@ use sd_core::{Device, Tensor};
 /// few denoising steps; a wrong kernel moves it by 1e-2 or more.
 const LATENT_BOUND: f64 = 1e-4;
 
-/// The fixture model: beside this crate, or (for a test binary copied to another machine)
-/// under the working directory.
-fn model_dir() -> PathBuf {
-    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-sd");
+/// A fixture: beside this crate, or (for a test binary copied to another machine) under the
+/// working directory.
+fn fixture(rel: &str) -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(rel);
     if built.exists() {
         built
     } else {
-        PathBuf::from("tests/fixtures/tiny-sd")
+        PathBuf::from("tests/fixtures").join(rel)
     }
 }
 
+fn model_dir() -> PathBuf {
+    fixture("tiny-sd")
+}
+
+/// The CUDA device, or `None` (with the reason printed) when there is none.
+/// `SDRS_CUDA_TEST_DEVICE=cpu` runs the cases against the CPU itself: a dry run of the test on
+/// machines without a GPU.
 fn gpu() -> Option<Device> {
+    if std::env::var("SDRS_CUDA_TEST_DEVICE").is_ok_and(|v| v == "cpu") {
+        return Some(Device::Cpu);
+    }
     if !sd_core::cuda::cuda_available() {
         eprintln!("skipped: no CUDA driver or device");
         return None;
@@ -98,6 +114,16 @@ fn generations_match_the_cpu() {
     r.init_image = Some(RgbImage::new(64, 48, pixels).expect("image"));
     r.strength = 0.7;
     cases.push(("img2img ddim", r));
+    let mut r = base_request();
+    r.prompt = "a red lighthouse in the style of ti-alpha".into();
+    r.scheduler = SchedulerKind::Euler;
+    let lora = Lora::open(fixture("lora/kohya_locon.safetensors")).expect("lora");
+    r.loras = vec![LoraUse::with_strengths(Arc::new(lora), 0.5, 0.8)];
+    let hn = Hypernetwork::open(fixture("hypernetwork/hn-relu.pt")).expect("hypernetwork");
+    r.hypernetworks = vec![HypernetworkUse::new(Arc::new(hn), 0.6)];
+    let ti = Embedding::open(fixture("ti/ti-alpha.pt")).expect("embedding");
+    r.embeddings = vec![Arc::new(ti)];
+    cases.push(("LoRA + hypernetwork + textual inversion", r));
 
     for (name, request) in &cases {
         let want = cpu.generate(request, &mut |_| true).expect("cpu generate");

@@ -8,9 +8,14 @@ use safetensors::SafeTensors;
 use sd_core::{Device, Tensor};
 
 /// `tests/fixtures/<rel>`.
+/// `$SDRS_FIXTURES` replaces `tests/fixtures` for a test binary run away from its source tree
+/// (the GPU checks copy binaries to another machine).
 pub fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+    std::env::var_os("SDRS_FIXTURES")
+        .map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+            PathBuf::from,
+        )
         .join(rel)
 }
 
