@@ -1,19 +1,20 @@
 //! Whole generations with the A1111 prompt path on the tiny fixture model: the two syntaxes agree
 //! on plain prompts, prompt editing switches the conditioning at the step A1111 switches it (for
 //! txt2img and img2img), `AND` parts are combined as A1111 combines them, and the infotext
-//! records what was used.
+//! records what was used; a long prompt and a short negative prompt run in separate passes.
 
 mod common;
 
 use std::sync::Arc;
 
 use common::{assert_close, fixture};
-use sd_core::adapters::Embedding;
+use sd_core::adapters::{AdapterLibrary, Embedding, Lora};
 use sd_core::image::{self, GenerationInfo};
+use sd_core::noise::TorchRng;
 use sd_core::pipeline::conditioning::{CondSchedule, CondSegment, WeightedCond};
 use sd_core::pipeline::{Conditioning, GenerateRequest, LoadOptions, Pipeline, PromptSyntax};
 use sd_core::prompt::EmphasisMode;
-use sd_core::schedulers::SchedulerKind;
+use sd_core::schedulers::{self, SchedulerKind};
 use sd_core::{Device, Error, Result, Tensor};
 
 fn pipeline() -> Result<Pipeline> {
@@ -187,16 +188,24 @@ fn infotext_records_prompt_embeddings_and_options() -> Result<()> {
         Device::Cpu,
     )?;
     let style = Embedding::new("neonstyle", vectors)?.with_hash("0123456789ab");
-    let prompt = "a <lora:foo:0.5> photo in neonstyle, (red:1.2) fox";
+    let prompt = "a <lora:kohya_locon:0.5> photo in neonstyle, (red:1.2) fox";
     let mut req = request(prompt, 2, SchedulerKind::Euler);
     req.negative_prompt = "blurry, ".repeat(40);
     req.emphasis = EmphasisMode::NoNorm;
     req.embeddings = vec![Arc::new(style)];
+    req.adapter_library = Some(Arc::new(
+        AdapterLibrary::new().with_lora_dir(fixture("lora")),
+    ));
+    // Without A1111's padding option the long negative prompt runs in its own pass and nothing
+    // is recorded; with it, `Pad conds: True`.
+    let unpadded = pipe.generate(&req, &mut |_| true)?;
+    assert!(!unpadded.infotexts[0].contains("Pad conds"));
+    req.pad_cond_uncond = true;
     let out = pipe.generate(&req, &mut |_| true)?;
     assert_eq!(out.embeddings_used.len(), 1);
     assert_eq!(out.embeddings_used[0].name, "neonstyle");
     assert_eq!(out.extra_networks.len(), 1);
-    assert_eq!(out.extra_networks[0].args, ["foo", "0.5"]);
+    assert_eq!(out.extra_networks[0].args, ["kohya_locon", "0.5"]);
     let text = &out.infotexts[0];
     assert!(
         text.starts_with(&format!("{prompt}\nNegative prompt: ")),
@@ -205,7 +214,8 @@ fn infotext_records_prompt_embeddings_and_options() -> Result<()> {
     let params = text.lines().last().unwrap_or_default();
     assert!(
         params.ends_with(&format!(
-            "TI hashes: \"neonstyle: 0123456789ab\", Emphasis: No norm, Pad conds: True, Version: sdrs {}",
+            "TI hashes: \"neonstyle: 0123456789ab\", Emphasis: No norm, Pad conds: True, Lora hashes: \"kohya_locon: {}\", Version: sdrs {}",
+            lora_hash(),
             env!("CARGO_PKG_VERSION")
         )),
         "{params}"
@@ -219,6 +229,7 @@ fn infotext_records_prompt_embeddings_and_options() -> Result<()> {
 
     req.prompt_syntax = PromptSyntax::Plain;
     req.embeddings.clear();
+    req.adapter_library = None;
     let plain = pipe.generate(&req, &mut |_| true)?;
     assert!(plain.infotexts[0].contains("Prompt syntax: plain"));
     assert!(!plain.infotexts[0].contains("Emphasis"));
@@ -252,5 +263,58 @@ fn bad_prompts_name_their_field() -> Result<()> {
     let vectors = Tensor::full(0.5, [1, 16], Device::Cpu)?;
     req.embeddings = vec![Arc::new(Embedding::new("x", vectors)?)];
     assert_eq!(field(&req), "embeddings");
+    Ok(())
+}
+
+fn lora_hash() -> String {
+    Lora::open(fixture("lora/kohya_locon.safetensors"))
+        .ok()
+        .and_then(|l| l.short_hash().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// A prompt longer than 75 tokens with a short negative prompt: by default (A1111's) the two
+/// run in separate UNet passes with their own token counts, which this test reproduces with a
+/// loop written out against the public model and scheduler API, bit for bit; A1111's padding
+/// option gives a different image.
+#[test]
+fn long_prompt_and_short_negative_run_in_separate_passes() -> Result<()> {
+    let pipe = pipeline()?;
+    let mut req = request(
+        &"a red fox in deep snow, ".repeat(16),
+        3,
+        SchedulerKind::Euler,
+    );
+    req.negative_prompt = "blurry".into();
+    let split = pipe.generate(&req, &mut |_| true)?;
+
+    let c = pipe.conditioning(&req)?;
+    let cond = c.conds[0].schedule.cond_at(0)?.clone();
+    let uncond = c.uncond.as_ref().expect("guided").cond_at(0)?.clone();
+    assert_eq!(cond.dims()[1], 154, "a two-chunk prompt");
+    assert_eq!(uncond.dims()[1], 77, "a one-chunk negative prompt");
+    let mut scheduler = schedulers::build(req.scheduler, pipe.scheduler_config(), req.steps)?;
+    let mut rng = TorchRng::new(req.seed);
+    let mut x = rng
+        .randn_tensor([1, 4, 8, 8], Device::Cpu)?
+        .scale(scheduler.init_noise_sigma() as f32)?;
+    let timesteps = scheduler.timesteps().to_vec();
+    for (i, &t) in timesteps.iter().enumerate() {
+        let x_in = scheduler.scale_model_input(&x, i)?;
+        let u = pipe.unet().forward(&x_in, t, &uncond)?;
+        let k = pipe.unet().forward(&x_in, t, &cond)?;
+        let noise = u.add(&k.sub(&u)?.scale(req.guidance_scale as f32)?)?;
+        x = scheduler.step(&noise, i, &x, None)?;
+    }
+    assert_eq!(
+        max_diff(&split.latents, &x),
+        0.0,
+        "split passes differ from the loop"
+    );
+
+    req.pad_cond_uncond = true;
+    let padded = pipe.generate(&req, &mut |_| true)?;
+    assert!(max_diff(&padded.latents, &split.latents) > 1e-4);
+    assert!(padded.infotexts[0].contains("Pad conds: True"));
     Ok(())
 }

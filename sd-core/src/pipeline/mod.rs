@@ -23,7 +23,7 @@ pub use conditioning::{Conditioning, PromptSyntax, UsedEmbedding};
 pub use request::{GenerateRequest, MAX_BATCH, MAX_IMAGE_SIDE, MAX_STEPS};
 
 use adapters::{AdapterSet, ModelVariant, VariantCache};
-use conditioning::{EncodeOptions, ParsedPrompts, StepContext};
+use conditioning::{EncodeOptions, ParsedPrompts, StepBatch, StepContext};
 
 use crate::adapters::EmbeddingSet;
 use crate::error::{Error, Result};
@@ -245,6 +245,12 @@ impl Pipeline {
         &self.vae
     }
 
+    /// The noise-schedule configuration the samplers are built from (the model's
+    /// `scheduler_config.json`, or SD 1.5's).
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler_config
+    }
+
     /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
@@ -423,7 +429,7 @@ impl Pipeline {
         let latent_channels = unet.config().in_channels;
         let latent_shape = [b, latent_channels, lh, lw];
 
-        let mut context = StepContext::new(conditioning, b)?;
+        let mut context = StepContext::new(conditioning, b, request.pad_cond_uncond)?;
         let width = conditioning
             .conds
             .first()
@@ -488,21 +494,32 @@ impl Pipeline {
             // (`sd_samplers_kdiffusion.sample_img2img` → `initialize` sets `step = 0`), so an
             // edit at step N happens N steps into the shortened run; the same is done here.
             let step = i - start;
-            let cond = context.at(step)?;
-            let out = if groups * b <= MAX_UNET_ROWS {
-                let model_in = if groups > 1 {
-                    Tensor::cat(&vec![&latents; groups], 0)?
+            let evaluate = |context: &Tensor, groups: usize| -> Result<Tensor> {
+                if groups * b <= MAX_UNET_ROWS {
+                    let model_in = if groups > 1 {
+                        Tensor::cat(&vec![&latents; groups], 0)?
+                    } else {
+                        latents.clone()
+                    };
+                    let model_in = scheduler.scale_model_input(&model_in, i)?;
+                    unet.forward(&model_in, t, context)
                 } else {
-                    latents.clone()
-                };
-                let model_in = scheduler.scale_model_input(&model_in, i)?;
-                unet.forward(&model_in, t, cond)?
-            } else {
-                let model_in = scheduler.scale_model_input(&latents, i)?;
-                let blocks = (0..groups)
-                    .map(|g| unet.forward(&model_in, t, &cond.narrow(0, g * b, b)?))
-                    .collect::<Result<Vec<_>>>()?;
-                Tensor::cat(&blocks.iter().collect::<Vec<_>>(), 0)?
+                    let model_in = scheduler.scale_model_input(&latents, i)?;
+                    let blocks = (0..groups)
+                        .map(|g| unet.forward(&model_in, t, &context.narrow(0, g * b, b)?))
+                        .collect::<Result<Vec<_>>>()?;
+                    Tensor::cat(&blocks.iter().collect::<Vec<_>>(), 0)
+                }
+            };
+            let out = match context.at(step)? {
+                StepBatch::Joint(all) => evaluate(all, groups)?,
+                // The negative prompt's token count differs: its own pass, as A1111 does
+                // without its padding option.
+                StepBatch::Split { uncond, conds } => {
+                    let u = evaluate(uncond, 1)?;
+                    let c = evaluate(conds, groups - 1)?;
+                    Tensor::cat(&[&u, &c], 0)?
+                }
             };
             let noise_pred = context.combine(out, request.guidance_scale)?;
             let step_noise = if scheduler.needs_noise() {

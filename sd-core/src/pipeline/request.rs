@@ -76,6 +76,12 @@ pub struct GenerateRequest {
     /// only). Embeddings whose width differs from the text encoder's are skipped, as A1111 skips
     /// them. Default: none.
     pub embeddings: Vec<Arc<Embedding>>,
+    /// When the prompt and the negative prompt encode to different token counts (one is over
+    /// 75 tokens): `false` runs them in separate UNet passes, as AUTOMATIC1111 does by default;
+    /// `true` pads the shorter with empty-prompt chunks into one pass (A1111's "Pad
+    /// prompt/negative prompt" option, recorded as `Pad conds: True`), which is faster and
+    /// gives slightly different images. Default: false.
+    pub pad_cond_uncond: bool,
     /// LoRA / LyCORIS adapters, each with its text-encoder and UNet strength, applied in order
     /// before those the prompt's `<lora:…>` tags name. The loaded model is not changed: the
     /// generation runs on patched copies of the layers they touch, cached for the next
@@ -109,6 +115,7 @@ impl GenerateRequest {
             prompt_syntax: PromptSyntax::A1111,
             emphasis: EmphasisMode::Original,
             embeddings: Vec::new(),
+            pad_cond_uncond: false,
             loras: Vec::new(),
             hypernetworks: Vec::new(),
             adapter_library: None,

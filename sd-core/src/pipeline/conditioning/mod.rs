@@ -41,7 +41,7 @@ pub use parse::{ParsedPrompts, ParsedSubPrompt};
 pub use schedule::{
     CondSchedule, CondSegment, Conditioning, StepConditioning, UsedEmbedding, WeightedCond,
 };
-pub(crate) use step::StepContext;
+pub(crate) use step::{StepBatch, StepContext};
 
 use crate::prompt::EmphasisMode;
 

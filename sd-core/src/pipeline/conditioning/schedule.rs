@@ -108,7 +108,8 @@ pub struct StepConditioning {
     pub conds: Vec<Tensor>,
     /// The weight of each part.
     pub weights: Vec<f64>,
-    /// The negative prompt's conditioning `[1, tokens, width]` (same token count), when guided.
+    /// The negative prompt's conditioning `[1, tokens, width]`, when guided: the same token count
+    /// as the parts when padded, possibly another without padding.
     pub uncond: Option<Tensor>,
     /// Whether empty-prompt chunks were appended to make the token counts agree (A1111's infotext
     /// `Pad conds`).
@@ -187,9 +188,8 @@ impl Conditioning {
     /// The conditioning at `step` (0-based, counting model evaluations as A1111's denoiser does),
     /// padded as A1111 pads it: positive parts of different lengths are extended by repeating
     /// their last token vector (`stack_conds`), then the shorter of the prompt and the negative
-    /// prompt gets copies of the empty-prompt encoding appended (`pad_cond`; A1111's "Pad
-    /// prompt/negative prompt" option, which sdrs always applies so that both run in one UNet
-    /// batch).
+    /// prompt gets copies of the empty-prompt encoding appended (`pad_cond`, A1111's "Pad
+    /// prompt/negative prompt" option), so that both fit one UNet batch.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] (argument `conditioning`) for a structure
@@ -197,11 +197,23 @@ impl Conditioning {
     /// empty-prompt encoding, or a difference that is not a multiple of its length).
     pub fn at_step(&self, step: usize) -> Result<StepConditioning> {
         self.validate()?;
-        self.reconstruct(step)
+        self.reconstruct(step, true)
     }
 
-    /// [`at_step`](Self::at_step) for a conditioning already validated.
-    pub(crate) fn reconstruct(&self, step: usize) -> Result<StepConditioning> {
+    /// [`at_step`](Self::at_step) without the prompt/negative padding (A1111's default): the
+    /// negative prompt keeps its own token count, and a caller runs it in a UNet pass of its own
+    /// when the counts differ.
+    ///
+    /// # Errors
+    /// As [`at_step`](Self::at_step), less the padding errors.
+    pub fn at_step_unpadded(&self, step: usize) -> Result<StepConditioning> {
+        self.validate()?;
+        self.reconstruct(step, false)
+    }
+
+    /// [`at_step`](Self::at_step) (with `pad`) or [`at_step_unpadded`](Self::at_step_unpadded)
+    /// for a conditioning already validated.
+    pub(crate) fn reconstruct(&self, step: usize, pad: bool) -> Result<StepConditioning> {
         let mut conds = self
             .conds
             .iter()
@@ -228,7 +240,7 @@ impl Conditioning {
         };
         let mut uncond = uncond_schedule.cond_at(step)?.clone();
         let uncond_tokens = uncond.dims()[1];
-        if uncond_tokens == longest {
+        if uncond_tokens == longest || !pad {
             return Ok(StepConditioning {
                 conds,
                 weights,

@@ -7,30 +7,57 @@
 //! operation. (A1111 combines the denoised images `x − σ·ε`; the combination is affine, so
 //! combining the noise predictions gives the same result.)
 //!
-//! The context tensor is rebuilt only when a schedule switches to its next segment, so a step
+//! When the prompt and the negative prompt have different token counts (one is longer than 75
+//! tokens), A1111 by default runs them in separate UNet passes ([`StepBatch::Split`]); with its
+//! "Pad prompt/negative prompt" option the shorter is padded with empty-prompt chunks and one
+//! pass serves both.
+//!
+//! The context tensors are rebuilt only when a schedule switches to its next segment, so a step
 //! allocates the same buffers whatever the step count.
 
 use super::schedule::Conditioning;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
+/// The UNet's context for one step.
+pub(crate) enum StepBatch<'a> {
+    /// Every block in one pass: `[groups·batch, tokens, width]`, laid out `[uncond, cond₀, …]`.
+    Joint(&'a Tensor),
+    /// The negative prompt `[batch, tokens_u, width]` and the positive parts
+    /// `[(groups − 1)·batch, tokens_c, width]` in passes of their own (token counts differ).
+    Split {
+        /// The negative prompt's block.
+        uncond: &'a Tensor,
+        /// The positive parts' blocks.
+        conds: &'a Tensor,
+    },
+}
+
+enum Built {
+    Joint(Tensor),
+    Split { uncond: Tensor, conds: Tensor },
+}
+
 /// The UNet's conditioning input over the loop of one generation.
 pub(crate) struct StepContext<'a> {
     conditioning: &'a Conditioning,
     batch: usize,
+    pad: bool,
     key: Vec<usize>,
     scratch: Vec<usize>,
-    context: Option<Tensor>,
+    context: Option<Built>,
     padded: bool,
 }
 
 impl<'a> StepContext<'a> {
-    /// Checks `conditioning` once for a loop over `batch` images.
-    pub(crate) fn new(conditioning: &'a Conditioning, batch: usize) -> Result<Self> {
+    /// Checks `conditioning` once for a loop over `batch` images; `pad` pads a prompt and
+    /// negative prompt of different lengths into one pass (A1111's option) instead of two.
+    pub(crate) fn new(conditioning: &'a Conditioning, batch: usize, pad: bool) -> Result<Self> {
         conditioning.validate()?;
         Ok(StepContext {
             conditioning,
             batch,
+            pad,
             key: Vec::with_capacity(conditioning.groups()),
             scratch: Vec::with_capacity(conditioning.groups()),
             context: None,
@@ -48,28 +75,42 @@ impl<'a> StepContext<'a> {
         self.padded
     }
 
-    /// The context at `step` (0-based model evaluation, as A1111 counts): `[groups·batch,
-    /// tokens, width]`.
-    pub(crate) fn at(&mut self, step: usize) -> Result<&Tensor> {
+    /// The context at `step` (0-based model evaluation, as A1111 counts).
+    pub(crate) fn at(&mut self, step: usize) -> Result<StepBatch<'_>> {
         self.conditioning.segment_key(step, &mut self.scratch);
         if self.context.is_none() || self.scratch != self.key {
             std::mem::swap(&mut self.key, &mut self.scratch);
-            let s = self.conditioning.reconstruct(step)?;
+            let s = self.conditioning.reconstruct(step, self.pad)?;
             self.padded |= s.padded;
             let b = self.batch;
-            let mut rows: Vec<&Tensor> = Vec::with_capacity(self.groups() * b);
-            if let Some(u) = &s.uncond {
-                rows.extend(std::iter::repeat_n(u, b));
-            }
-            for c in &s.conds {
-                rows.extend(std::iter::repeat_n(c, b));
-            }
+            let repeat = |blocks: &[&Tensor]| -> Result<Tensor> {
+                let rows: Vec<&Tensor> = blocks
+                    .iter()
+                    .flat_map(|t| std::iter::repeat_n(*t, b))
+                    .collect();
+                Tensor::cat(&rows, 0)
+            };
             // Drop the previous context before building the next, so at most one is alive.
             self.context = None;
-            self.context = Some(Tensor::cat(&rows, 0)?);
+            let conds: Vec<&Tensor> = s.conds.iter().collect();
+            self.context = Some(match &s.uncond {
+                Some(u) if u.dims()[1] != conds.first().map_or(0, |c| c.dims()[1]) => {
+                    Built::Split {
+                        uncond: repeat(&[u])?,
+                        conds: repeat(&conds)?,
+                    }
+                }
+                Some(u) => {
+                    let mut blocks = vec![u];
+                    blocks.extend(conds);
+                    Built::Joint(repeat(&blocks)?)
+                }
+                None => Built::Joint(repeat(&conds)?),
+            });
         }
         match &self.context {
-            Some(c) => Ok(c),
+            Some(Built::Joint(c)) => Ok(StepBatch::Joint(c)),
+            Some(Built::Split { uncond, conds }) => Ok(StepBatch::Split { uncond, conds }),
             None => Err(crate::Error::Internal("step context not built".into())),
         }
     }
@@ -130,7 +171,7 @@ mod tests {
             embeddings_used: Vec::new(),
             infotext: Vec::new(),
         };
-        let ctx = StepContext::new(&c, 2)?;
+        let ctx = StepContext::new(&c, 2, true)?;
         assert_eq!(ctx.groups(), 3);
         // Blocks of 2 images: uncond [1, 2], cond₀ [3, 6], cond₁ [5, 10].
         let out = ctx.combine(t(&[1.0, 2.0, 3.0, 6.0, 5.0, 10.0]), 2.0)?;
@@ -163,9 +204,12 @@ mod tests {
             embeddings_used: Vec::new(),
             infotext: Vec::new(),
         };
-        let mut ctx = StepContext::new(&c, 2)?;
+        let mut ctx = StepContext::new(&c, 2, true)?;
         let seen: Vec<Vec<f32>> = (0..4)
-            .map(|k| ctx.at(k).and_then(Tensor::to_vec))
+            .map(|k| match ctx.at(k)? {
+                StepBatch::Joint(t) => t.to_vec(),
+                StepBatch::Split { .. } => Err(crate::Error::Internal("split".into())),
+            })
             .collect::<Result<_>>()?;
         assert_eq!(seen[0], [9.0, 9.0, 1.0, 1.0]);
         assert_eq!(seen[1], seen[0]);
