@@ -18,7 +18,7 @@ use sd_core::adapters::{
 };
 use sd_core::image::{self, RgbImage};
 use sd_core::pipeline::{
-    AdapterReport, GenerateRequest, HypernetworkUse, LoadOptions, Pipeline, Progress, PromptSyntax,
+    GenerateRequest, HypernetworkUse, LoadOptions, Pipeline, Progress, PromptSyntax,
 };
 use sd_core::schedulers::SchedulerKind;
 use sd_core::weights::{SafetensorsFile, TensorSource, WriteDType, write_safetensors};
@@ -282,28 +282,6 @@ fn add_adapters(args: &Args, request: &mut GenerateRequest) -> sd_core::Result<(
     Ok(())
 }
 
-/// Prints what the adapters did: modules patched, and every key of a LoRA file that was not
-/// applied, by name, with the reason.
-fn report_adapters(report: &AdapterReport) {
-    for lora in &report.loras.loras {
-        eprintln!(
-            "lora {}: {} modules applied (text encoder {}, UNet {})",
-            lora.name,
-            lora.applied.len(),
-            lora.text_encoder_strength,
-            lora.unet_strength
-        );
-        for skipped in &lora.skipped {
-            eprintln!("  not applied: {}: {}", skipped.key, skipped.reason);
-        }
-    }
-    if let Some(hn) = &report.hypernetworks {
-        for warning in &hn.warnings {
-            eprintln!("hypernetwork warning: {warning}");
-        }
-    }
-}
-
 /// A progress bar on stderr.
 fn draw_progress(p: &Progress, started: Instant) {
     const WIDTH: usize = 30;
@@ -405,7 +383,8 @@ fn run(args: Args) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
     eprintln!("generated in {:.1} s", started.elapsed().as_secs_f64());
-    report_adapters(&result.adapters);
+    // What the adapters did: modules patched, every key of a LoRA file not applied, by name.
+    eprint!("{}", result.adapters);
 
     if let Some(path) = &args.save_latents {
         let data = result.latents.to_vec().map_err(|e| e.to_string())?;

@@ -200,6 +200,69 @@ typedef uint32_t sdrs_convert_dtype;
 #endif // __cplusplus
 
 /**
+ * How prompts are read, for `sdrs_gen_params.prompt_syntax`. The field is a `uint32_t`; any
+ * other value is rejected with `SDRS_STATUS_INVALID_ARGUMENT`.
+ */
+enum sdrs_prompt_syntax
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * AUTOMATIC1111's prompt language: `(word:1.2)` emphasis, `[word]`, `BREAK`, prompts over
+   * 75 tokens, `[from:to:when]` editing, `[a|b]` alternation, `AND`, `<lora:…>` and
+   * `<hypernet:…>` tags, embeddings by name. Plain prompts of at most 75 tokens read the same
+   * in both syntaxes.
+   */
+  SDRS_PROMPT_SYNTAX_A1111 = 0,
+  /**
+   * The text as written, truncated to 77 tokens, as diffusers reads it.
+   */
+  SDRS_PROMPT_SYNTAX_PLAIN = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum sdrs_prompt_syntax sdrs_prompt_syntax;
+#else
+typedef uint32_t sdrs_prompt_syntax;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * How `(text:1.2)` weights act (AUTOMATIC1111's "Emphasis mode"), for
+ * `sdrs_gen_params.emphasis`. The field is a `uint32_t`; any other value is rejected.
+ */
+enum sdrs_emphasis
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Weights applied, then the mean of the hidden states restored (A1111's default).
+   */
+  SDRS_EMPHASIS_ORIGINAL = 0,
+  /**
+   * Weights applied without restoring the mean.
+   */
+  SDRS_EMPHASIS_NO_NORM = 1,
+  /**
+   * Brackets parsed (and removed from the text) but no weights applied.
+   */
+  SDRS_EMPHASIS_IGNORE = 2,
+  /**
+   * Brackets not parsed: they stay in the text.
+   */
+  SDRS_EMPHASIS_NONE = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum sdrs_emphasis sdrs_emphasis;
+#else
+typedef uint32_t sdrs_emphasis;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * The images of one `sdrs_pipeline_generate` call, with their generation parameters, owned by
  * the caller and destroyed by `sdrs_images_free`. Under the hood it is a `Box` of the results.
  * Reading it from several threads at once is fine.
@@ -336,6 +399,39 @@ typedef struct sdrs_load_params {
 typedef bool (*sdrs_progress_fn)(void *user_data, uint32_t step, uint32_t total_steps);
 
 /**
+ * A LoRA / LyCORIS file for `sdrs_gen_params.loras`, with its strengths (1 is full strength;
+ * 0 and negative values are allowed, non-finite ones rejected).
+ */
+typedef struct sdrs_lora {
+  /**
+   * The file (UTF-8, NUL-terminated): `.safetensors`, `.pt`, `.ckpt` or `.bin`.
+   */
+  const char *path;
+  /**
+   * Multiplier of its text-encoder modules.
+   */
+  float text_encoder_strength;
+  /**
+   * Multiplier of its UNet modules.
+   */
+  float unet_strength;
+} sdrs_lora;
+
+/**
+ * A hypernetwork file (AUTOMATIC1111 `.pt`) for `sdrs_gen_params.hypernetworks`.
+ */
+typedef struct sdrs_hypernetwork {
+  /**
+   * The file (UTF-8, NUL-terminated).
+   */
+  const char *path;
+  /**
+   * Its multiplier (1 is full strength).
+   */
+  float strength;
+} sdrs_hypernetwork;
+
+/**
  * One generation for `sdrs_pipeline_generate`: text-to-image, or image-to-image when an init
  * image is given. Get one from `sdrs_gen_params_default()`, change fields, pass its address.
  * Strings are UTF-8 and NUL-terminated; buffers are read during the call only and not kept.
@@ -440,6 +536,59 @@ typedef struct sdrs_gen_params {
    * Passed unchanged as the first argument of `progress`. Default: NULL.
    */
   void *progress_user_data;
+  /**
+   * A `sdrs_prompt_syntax` value: how the prompts are read. Default:
+   * `SDRS_PROMPT_SYNTAX_A1111` (0).
+   */
+  uint32_t prompt_syntax;
+  /**
+   * A `sdrs_emphasis` value (A1111 syntax only). Default: `SDRS_EMPHASIS_ORIGINAL` (0).
+   */
+  uint32_t emphasis;
+  /**
+   * When the prompt and the negative prompt encode to different token counts: false runs
+   * them in separate UNet passes (AUTOMATIC1111's default), true pads the shorter into one
+   * pass (its "Pad prompt/negative prompt" option). Default: false.
+   */
+  bool pad_cond_uncond;
+  /**
+   * LoRA / LyCORIS files applied in order, before those the prompt's `<lora:…>` tags name;
+   * `lora_count` of them (at most 256). The pipeline keeps each file loaded (and the models
+   * patched for the most recent sets) while the file is unchanged. Default: NULL.
+   */
+  const struct sdrs_lora *loras;
+  /**
+   * Number of entries in `loras`. Default: 0.
+   */
+  size_t lora_count;
+  /**
+   * Hypernetworks chained in order, before those the prompt's `<hypernet:…>` tags name;
+   * `hypernetwork_count` of them (at most 256). Default: NULL.
+   */
+  const struct sdrs_hypernetwork *hypernetworks;
+  /**
+   * Number of entries in `hypernetworks`. Default: 0.
+   */
+  size_t hypernetwork_count;
+  /**
+   * Textual-inversion embedding files (UTF-8 paths), triggered by writing their names (file
+   * names without extension) in the prompt; `embedding_count` of them (at most 256).
+   * Default: NULL.
+   */
+  const char *const *embeddings;
+  /**
+   * Number of entries in `embeddings`. Default: 0.
+   */
+  size_t embedding_count;
+  /**
+   * The folder where `<lora:NAME:…>` tags in the prompt are looked up (UTF-8). Default:
+   * NULL; a prompt with such a tag then fails naming the tag.
+   */
+  const char *lora_dir;
+  /**
+   * The folder where `<hypernet:NAME:…>` tags are looked up (UTF-8). Default: NULL.
+   */
+  const char *hypernetwork_dir;
 } sdrs_gen_params;
 
 #ifdef __cplusplus
@@ -645,6 +794,17 @@ sdrs_status sdrs_images_get(const struct sdrs_images *images,
 const char *sdrs_images_infotext(const struct sdrs_images *images, size_t index);
 
 /**
+ * What the adapters of the generation did, as text: one line per LoRA (`lora NAME: N modules
+ * applied (text encoder S, UNet S)`), an indented `not applied: KEY: REASON` line for every key
+ * of its file that was not applied, and hypernetwork warnings. Empty without adapters.
+ * Borrowed: valid until `sdrs_images_free`; never free it. NULL when `images` is NULL.
+ *
+ * # Safety
+ * `images` is NULL or live.
+ */
+const char *sdrs_images_adapter_report(const struct sdrs_images *images);
+
+/**
  * Writes image `index` to `path` (UTF-8) as a PNG carrying its generation parameters in a
  * `parameters` text chunk, as AUTOMATIC1111 does. Overwrites an existing file.
  *
@@ -669,7 +829,8 @@ struct sdrs_load_params sdrs_load_params_default(void);
 
 /**
  * The default generation parameters: empty prompts, 512x512, 20 steps, guidance 7.5, PNDM,
- * seed 0, one image, CLIP skip 1, no init image (strength 0.8), seeded noise, no callback.
+ * seed 0, one image, CLIP skip 1, no init image (strength 0.8), seeded noise, no callback,
+ * A1111 prompt syntax with the original emphasis, no adapters.
  * Set at least `prompt`.
  */
 struct sdrs_gen_params sdrs_gen_params_default(void);

@@ -13,9 +13,10 @@ mod common;
 use std::sync::Arc;
 
 use common::{Reference, fixture, relative_error};
-use sd_core::adapters::Embedding;
+use sd_core::adapters::{Embedding, EmbeddingSet};
+use sd_core::pipeline::conditioning::{EncodeOptions, ParsedPrompts};
 use sd_core::pipeline::{GenerateRequest, LoadOptions, Pipeline};
-use sd_core::prompt::EmphasisMode;
+use sd_core::prompt::{DEFAULT_COMMA_BACKTRACK, EmphasisMode};
 use sd_core::{Result, Tensor};
 use serde_json::Value;
 
@@ -68,7 +69,30 @@ fn conditioning_matches_a1111_at_every_step() -> Result<()> {
         req.clip_skip = number(case, "clip_skip");
         req.emphasis = EmphasisMode::from_name(&text(case, "emphasis")).expect("emphasis name");
         req.embeddings = embeddings.clone();
-        let cond = pipe.conditioning(&req)?;
+        // The text path alone: the prompt's <lora:…>/<hypernet:…> tags are parsed and returned,
+        // not resolved (`Pipeline::conditioning` would look them up and patch the encoder).
+        let parsed = ParsedPrompts::parse(
+            &req.prompt,
+            &req.negative_prompt,
+            req.steps,
+            req.prompt_syntax,
+        )?;
+        let set = EmbeddingSet::new(
+            pipe.tokenizer(),
+            pipe.text_encoder().config().hidden_size,
+            &req.embeddings,
+        );
+        let cond = parsed.encode(
+            pipe.tokenizer(),
+            pipe.text_encoder(),
+            &set,
+            &EncodeOptions {
+                clip_skip: req.clip_skip,
+                emphasis: req.emphasis,
+                comma_backtrack: DEFAULT_COMMA_BACKTRACK,
+                guidance_scale: req.guidance_scale,
+            },
+        )?;
 
         let weights: Vec<f64> = case["weights"]
             .as_array()

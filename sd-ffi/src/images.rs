@@ -22,6 +22,7 @@ pub struct sdrs_images {
 pub(crate) struct Images {
     images: Vec<RgbImage>,
     infotexts: Vec<CString>,
+    adapter_report: CString,
 }
 
 impl Images {
@@ -36,6 +37,7 @@ impl Images {
         }
         Ok(Images {
             infotexts: generation.infotexts.iter().map(|t| to_cstring(t)).collect(),
+            adapter_report: to_cstring(&generation.adapters.to_string()),
             images: generation.images,
         })
     }
@@ -153,6 +155,23 @@ pub unsafe extern "C" fn sdrs_images_infotext(
             // SAFETY: NULL or live (the caller's contract).
             let (_, text) = unsafe { images_ref(images) }?.get(index)?;
             Ok(text.as_ptr())
+        })
+    }
+}
+
+/// What the adapters of the generation did, as text: one line per LoRA (`lora NAME: N modules
+/// applied (text encoder S, UNet S)`), an indented `not applied: KEY: REASON` line for every key
+/// of its file that was not applied, and hypernetwork warnings. Empty without adapters.
+/// Borrowed: valid until `sdrs_images_free`; never free it. NULL when `images` is NULL.
+///
+/// # Safety
+/// `images` is NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sdrs_images_adapter_report(images: *const sdrs_images) -> *const c_char {
+    ffi_boundary! {
+        value_or_neutral(|| {
+            // SAFETY: NULL or live (the caller's contract).
+            Ok(unsafe { images_ref(images) }?.adapter_report.as_ptr())
         })
     }
 }

@@ -44,12 +44,13 @@ pub use checkpoint::{
 };
 pub use error::{sdrs_last_error_message, sdrs_status, sdrs_status_str};
 pub use images::{
-    sdrs_image_save_png, sdrs_image_view, sdrs_images, sdrs_images_count, sdrs_images_free,
-    sdrs_images_get, sdrs_images_infotext,
+    sdrs_image_save_png, sdrs_image_view, sdrs_images, sdrs_images_adapter_report,
+    sdrs_images_count, sdrs_images_free, sdrs_images_get, sdrs_images_infotext,
 };
 pub use params::{
-    sdrs_device_kind, sdrs_gen_params, sdrs_gen_params_default, sdrs_load_params,
-    sdrs_load_params_default, sdrs_progress_fn, sdrs_scheduler,
+    sdrs_device_kind, sdrs_emphasis, sdrs_gen_params, sdrs_gen_params_default, sdrs_hypernetwork,
+    sdrs_load_params, sdrs_load_params_default, sdrs_lora, sdrs_progress_fn, sdrs_prompt_syntax,
+    sdrs_scheduler,
 };
 pub use pipeline::{
     sdrs_pipeline, sdrs_pipeline_default_size, sdrs_pipeline_free, sdrs_pipeline_generate,

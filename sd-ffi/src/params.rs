@@ -4,6 +4,8 @@
 use std::ffi::{CStr, c_char, c_void};
 
 use sd_core::Device;
+use sd_core::pipeline::PromptSyntax;
+use sd_core::prompt::EmphasisMode;
 use sd_core::schedulers::SchedulerKind;
 
 use crate::error::Failure;
@@ -39,6 +41,87 @@ pub enum sdrs_device_kind {
     /// A CUDA GPU; needs a build with CUDA support, otherwise loading fails with
     /// `SDRS_STATUS_DEVICE` or `SDRS_STATUS_UNSUPPORTED`.
     Cuda = 1,
+}
+
+/// How prompts are read, for `sdrs_gen_params.prompt_syntax`. The field is a `uint32_t`; any
+/// other value is rejected with `SDRS_STATUS_INVALID_ARGUMENT`.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum sdrs_prompt_syntax {
+    /// AUTOMATIC1111's prompt language: `(word:1.2)` emphasis, `[word]`, `BREAK`, prompts over
+    /// 75 tokens, `[from:to:when]` editing, `[a|b]` alternation, `AND`, `<lora:…>` and
+    /// `<hypernet:…>` tags, embeddings by name. Plain prompts of at most 75 tokens read the same
+    /// in both syntaxes.
+    A1111 = 0,
+    /// The text as written, truncated to 77 tokens, as diffusers reads it.
+    Plain = 1,
+}
+
+/// How `(text:1.2)` weights act (AUTOMATIC1111's "Emphasis mode"), for
+/// `sdrs_gen_params.emphasis`. The field is a `uint32_t`; any other value is rejected.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum sdrs_emphasis {
+    /// Weights applied, then the mean of the hidden states restored (A1111's default).
+    Original = 0,
+    /// Weights applied without restoring the mean.
+    NoNorm = 1,
+    /// Brackets parsed (and removed from the text) but no weights applied.
+    Ignore = 2,
+    /// Brackets not parsed: they stay in the text.
+    None = 3,
+}
+
+/// A LoRA / LyCORIS file for `sdrs_gen_params.loras`, with its strengths (1 is full strength;
+/// 0 and negative values are allowed, non-finite ones rejected).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct sdrs_lora {
+    /// The file (UTF-8, NUL-terminated): `.safetensors`, `.pt`, `.ckpt` or `.bin`.
+    pub path: *const c_char,
+    /// Multiplier of its text-encoder modules.
+    pub text_encoder_strength: f32,
+    /// Multiplier of its UNet modules.
+    pub unet_strength: f32,
+}
+
+/// A hypernetwork file (AUTOMATIC1111 `.pt`) for `sdrs_gen_params.hypernetworks`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct sdrs_hypernetwork {
+    /// The file (UTF-8, NUL-terminated).
+    pub path: *const c_char,
+    /// Its multiplier (1 is full strength).
+    pub strength: f32,
+}
+
+/// Most adapters of each kind one generation accepts.
+pub(crate) const MAX_ADAPTERS: usize = 256;
+
+/// Turns a `uint32_t` field into a prompt syntax, rejecting values outside the enum.
+pub(crate) fn prompt_syntax_from_u32(value: u32) -> Result<PromptSyntax, Failure> {
+    match value {
+        v if v == sdrs_prompt_syntax::A1111 as u32 => Ok(PromptSyntax::A1111),
+        v if v == sdrs_prompt_syntax::Plain as u32 => Ok(PromptSyntax::Plain),
+        other => Err(Failure::invalid(
+            "prompt_syntax",
+            format!("{other} is not an sdrs_prompt_syntax value (0 or 1)"),
+        )),
+    }
+}
+
+/// Turns a `uint32_t` field into an emphasis mode, rejecting values outside the enum.
+pub(crate) fn emphasis_from_u32(value: u32) -> Result<EmphasisMode, Failure> {
+    match value {
+        v if v == sdrs_emphasis::Original as u32 => Ok(EmphasisMode::Original),
+        v if v == sdrs_emphasis::NoNorm as u32 => Ok(EmphasisMode::NoNorm),
+        v if v == sdrs_emphasis::Ignore as u32 => Ok(EmphasisMode::Ignore),
+        v if v == sdrs_emphasis::None as u32 => Ok(EmphasisMode::None),
+        other => Err(Failure::invalid(
+            "emphasis",
+            format!("{other} is not an sdrs_emphasis value (0 to 3)"),
+        )),
+    }
 }
 
 /// Turns a `uint32_t` field into a scheduler, rejecting values outside the enum.
@@ -182,6 +265,37 @@ pub struct sdrs_gen_params {
     pub progress: sdrs_progress_fn,
     /// Passed unchanged as the first argument of `progress`. Default: NULL.
     pub progress_user_data: *mut c_void,
+    /// A `sdrs_prompt_syntax` value: how the prompts are read. Default:
+    /// `SDRS_PROMPT_SYNTAX_A1111` (0).
+    pub prompt_syntax: u32,
+    /// A `sdrs_emphasis` value (A1111 syntax only). Default: `SDRS_EMPHASIS_ORIGINAL` (0).
+    pub emphasis: u32,
+    /// When the prompt and the negative prompt encode to different token counts: false runs
+    /// them in separate UNet passes (AUTOMATIC1111's default), true pads the shorter into one
+    /// pass (its "Pad prompt/negative prompt" option). Default: false.
+    pub pad_cond_uncond: bool,
+    /// LoRA / LyCORIS files applied in order, before those the prompt's `<lora:…>` tags name;
+    /// `lora_count` of them (at most 256). The pipeline keeps each file loaded (and the models
+    /// patched for the most recent sets) while the file is unchanged. Default: NULL.
+    pub loras: *const sdrs_lora,
+    /// Number of entries in `loras`. Default: 0.
+    pub lora_count: usize,
+    /// Hypernetworks chained in order, before those the prompt's `<hypernet:…>` tags name;
+    /// `hypernetwork_count` of them (at most 256). Default: NULL.
+    pub hypernetworks: *const sdrs_hypernetwork,
+    /// Number of entries in `hypernetworks`. Default: 0.
+    pub hypernetwork_count: usize,
+    /// Textual-inversion embedding files (UTF-8 paths), triggered by writing their names (file
+    /// names without extension) in the prompt; `embedding_count` of them (at most 256).
+    /// Default: NULL.
+    pub embeddings: *const *const c_char,
+    /// Number of entries in `embeddings`. Default: 0.
+    pub embedding_count: usize,
+    /// The folder where `<lora:NAME:…>` tags in the prompt are looked up (UTF-8). Default:
+    /// NULL; a prompt with such a tag then fails naming the tag.
+    pub lora_dir: *const c_char,
+    /// The folder where `<hypernet:NAME:…>` tags are looked up (UTF-8). Default: NULL.
+    pub hypernetwork_dir: *const c_char,
 }
 
 /// The default load parameters: CPU, no configuration folder, regular (non-EMA) weights.
@@ -206,7 +320,8 @@ impl crate::panic::Neutral for sdrs_load_params {
 }
 
 /// The default generation parameters: empty prompts, 512x512, 20 steps, guidance 7.5, PNDM,
-/// seed 0, one image, CLIP skip 1, no init image (strength 0.8), seeded noise, no callback.
+/// seed 0, one image, CLIP skip 1, no init image (strength 0.8), seeded noise, no callback,
+/// A1111 prompt syntax with the original emphasis, no adapters.
 /// Set at least `prompt`.
 #[unsafe(no_mangle)]
 pub extern "C" fn sdrs_gen_params_default() -> sdrs_gen_params {
@@ -235,6 +350,17 @@ fn gen_params_default() -> sdrs_gen_params {
         initial_latents_len: 0,
         progress: None,
         progress_user_data: std::ptr::null_mut(),
+        prompt_syntax: sdrs_prompt_syntax::A1111 as u32,
+        emphasis: sdrs_emphasis::Original as u32,
+        pad_cond_uncond: false,
+        loras: std::ptr::null(),
+        lora_count: 0,
+        hypernetworks: std::ptr::null(),
+        hypernetwork_count: 0,
+        embeddings: std::ptr::null(),
+        embedding_count: 0,
+        lora_dir: std::ptr::null(),
+        hypernetwork_dir: std::ptr::null(),
     }
 }
 
@@ -262,6 +388,12 @@ mod tests {
         assert_eq!(p.strength, r.strength);
         assert_eq!(p.seed, r.seed);
         assert_eq!(scheduler_from_u32(p.scheduler).ok(), Some(r.scheduler));
+        assert_eq!(
+            prompt_syntax_from_u32(p.prompt_syntax).ok(),
+            Some(r.prompt_syntax)
+        );
+        assert_eq!(emphasis_from_u32(p.emphasis).ok(), Some(r.emphasis));
+        assert_eq!(p.pad_cond_uncond, r.pad_cond_uncond);
     }
 
     #[test]
@@ -272,6 +404,8 @@ mod tests {
         assert!(scheduler_from_u32(7).is_err());
         assert!(scheduler_from_u32(u32::MAX).is_err());
         assert!(device_from(2, 0).is_err());
+        assert!(prompt_syntax_from_u32(2).is_err());
+        assert!(emphasis_from_u32(4).is_err());
         assert_eq!(device_from(1, 3).ok(), Some(Device::Cuda(3)));
     }
 }

@@ -1,10 +1,14 @@
 //! `sdrs_pipeline`: loading a model and generating images with it.
 
 use std::ffi::{CString, c_char};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sd_core::adapters::{AdapterLibrary, Embedding, LoraUse};
 
 use sd_core::image::{self, MAX_IMAGE_DIMENSION, RgbImage};
 use sd_core::pipeline::{
-    GenerateRequest, LoadOptions, MAX_BATCH, MAX_IMAGE_SIDE, Pipeline, Progress,
+    GenerateRequest, HypernetworkUse, LoadOptions, MAX_BATCH, MAX_IMAGE_SIDE, Pipeline, Progress,
 };
 use sd_core::{Device, Tensor};
 
@@ -12,7 +16,10 @@ use crate::error::{Failure, sdrs_status, status_of};
 use crate::handle::{self, Castable, OwnershipArc};
 use crate::images::{Images, sdrs_images};
 use crate::panic::{check_not_null, ffi_boundary};
-use crate::params::{device_from, opt_str, scheduler_from_u32, sdrs_gen_params, sdrs_load_params};
+use crate::params::{
+    MAX_ADAPTERS, device_from, emphasis_from_u32, opt_str, prompt_syntax_from_u32,
+    scheduler_from_u32, sdrs_gen_params, sdrs_load_params,
+};
 
 /// A loaded Stable Diffusion model, created by `sdrs_pipeline_load` and destroyed by
 /// `sdrs_pipeline_free`.
@@ -25,9 +32,24 @@ pub struct sdrs_pipeline {
     _private: [u8; 0],
 }
 
+/// What an `sdrs_pipeline` handle owns: the loaded model and the adapter files loaded for it.
+pub(crate) struct LoadedPipeline {
+    pipeline: Pipeline,
+    /// Adapter files named by generations, kept loaded while unchanged on disk.
+    adapters: AdapterLibrary,
+}
+
+impl std::ops::Deref for LoadedPipeline {
+    type Target = Pipeline;
+
+    fn deref(&self) -> &Pipeline {
+        &self.pipeline
+    }
+}
+
 impl Castable for sdrs_pipeline {
     type Ownership = OwnershipArc;
-    type RustType = Pipeline;
+    type RustType = LoadedPipeline;
 }
 
 /// Loads a model from a diffusers folder or a single-file `.safetensors` / `.ckpt` checkpoint.
@@ -65,7 +87,10 @@ pub unsafe extern "C" fn sdrs_pipeline_load(
                 // SAFETY: NULL or NUL-terminated (the caller's contract).
                 config_dir: unsafe { opt_str(params.config_dir, "config_dir") }?.map(Into::into),
             };
-            let pipeline = Pipeline::load(path, &options)?;
+            let pipeline = LoadedPipeline {
+                pipeline: Pipeline::load(path, &options)?,
+                adapters: AdapterLibrary::new(),
+            };
             // SAFETY: checked non-NULL and writable above.
             unsafe { pipeline_out.write(handle::to_arc_ptr(pipeline)) };
             Ok(())
@@ -172,7 +197,10 @@ pub unsafe extern "C" fn sdrs_pipeline_generate(
 ///
 /// # Safety
 /// As `sdrs_pipeline_generate`'s `params`.
-unsafe fn request_from(pipe: &Pipeline, p: &sdrs_gen_params) -> Result<GenerateRequest, Failure> {
+unsafe fn request_from(
+    pipe: &LoadedPipeline,
+    p: &sdrs_gen_params,
+) -> Result<GenerateRequest, Failure> {
     // SAFETY: NULL or NUL-terminated (the caller's contract), for each string below.
     let prompt = unsafe { opt_str(p.prompt, "prompt") }?.unwrap_or_default();
     let mut request = GenerateRequest::new(prompt);
@@ -189,6 +217,11 @@ unsafe fn request_from(pipe: &Pipeline, p: &sdrs_gen_params) -> Result<GenerateR
     request.guidance_scale = p.guidance_scale;
     request.seed = p.seed;
     request.strength = p.strength;
+    request.prompt_syntax = prompt_syntax_from_u32(p.prompt_syntax)?;
+    request.emphasis = emphasis_from_u32(p.emphasis)?;
+    request.pad_cond_uncond = p.pad_cond_uncond;
+    // SAFETY: the adapter arrays and strings follow the struct's contract (the caller's).
+    unsafe { add_adapters(pipe, p, &mut request) }?;
 
     // SAFETY: as above.
     let init_path = unsafe { opt_str(p.init_image_path, "init_image_path") }?;
@@ -215,6 +248,92 @@ unsafe fn request_from(pipe: &Pipeline, p: &sdrs_gen_params) -> Result<GenerateR
         request.initial_latents = Some(unsafe { latents_from_buffer(pipe, p) }?);
     }
     Ok(request)
+}
+
+/// A C array argument as a slice: NULL with a zero count is empty; NULL with a count, or a count
+/// above [`MAX_ADAPTERS`], is an error naming the field.
+///
+/// # Safety
+/// `ptr` is NULL or readable for `count` elements of `T`.
+unsafe fn c_array<'a, T>(ptr: *const T, count: usize, name: &str) -> Result<&'a [T], Failure> {
+    if count == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() {
+        return Err(Failure::null(name));
+    }
+    if count > MAX_ADAPTERS {
+        return Err(Failure::invalid(
+            name,
+            format!("{count} entries; at most {MAX_ADAPTERS}"),
+        ));
+    }
+    if !ptr.is_aligned() {
+        return Err(Failure::invalid(name, "the pointer is not aligned"));
+    }
+    // SAFETY: non-NULL, aligned, readable for `count` elements (the caller's contract); the
+    // count is bounded, so the byte size fits isize.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, count) })
+}
+
+/// A required string inside an array entry: NULL is an error naming `field`.
+///
+/// # Safety
+/// `ptr` is NULL or NUL-terminated.
+unsafe fn entry_str<'a>(ptr: *const c_char, field: &str) -> Result<&'a str, Failure> {
+    // SAFETY: NULL or NUL-terminated (the caller's contract).
+    unsafe { opt_str(ptr, field) }?.ok_or_else(|| Failure::null(field))
+}
+
+/// Loads the adapters the parameters name into the request, through the pipeline's cache.
+///
+/// # Safety
+/// The adapter arrays of `p` are NULL or readable for their counts, and every string in them
+/// (and `lora_dir`, `hypernetwork_dir`) is NULL or NUL-terminated.
+unsafe fn add_adapters(
+    pipe: &LoadedPipeline,
+    p: &sdrs_gen_params,
+    request: &mut GenerateRequest,
+) -> Result<(), Failure> {
+    // SAFETY: the caller's contract, for each array and string below.
+    let loras = unsafe { c_array(p.loras, p.lora_count, "loras") }?;
+    for (i, l) in loras.iter().enumerate() {
+        // SAFETY: as above.
+        let path = unsafe { entry_str(l.path, &format!("loras[{i}].path")) }?;
+        request.loras.push(LoraUse::with_strengths(
+            pipe.adapters.lora_file(path)?,
+            l.text_encoder_strength,
+            l.unet_strength,
+        ));
+    }
+    // SAFETY: as above.
+    let hypernetworks = unsafe { c_array(p.hypernetworks, p.hypernetwork_count, "hypernetworks") }?;
+    for (i, h) in hypernetworks.iter().enumerate() {
+        // SAFETY: as above.
+        let path = unsafe { entry_str(h.path, &format!("hypernetworks[{i}].path")) }?;
+        request.hypernetworks.push(HypernetworkUse::new(
+            pipe.adapters.hypernetwork_file(path)?,
+            h.strength,
+        ));
+    }
+    // SAFETY: as above.
+    let embeddings = unsafe { c_array(p.embeddings, p.embedding_count, "embeddings") }?;
+    for (i, &e) in embeddings.iter().enumerate() {
+        // SAFETY: as above.
+        let path = unsafe { entry_str(e, &format!("embeddings[{i}]")) }?;
+        request.embeddings.push(Arc::new(Embedding::open(path)?));
+    }
+    // SAFETY: as above.
+    let lora_dir = unsafe { opt_str(p.lora_dir, "lora_dir") }?;
+    // SAFETY: as above.
+    let hypernetwork_dir = unsafe { opt_str(p.hypernetwork_dir, "hypernetwork_dir") }?;
+    if lora_dir.is_some() || hypernetwork_dir.is_some() {
+        request.adapter_library = Some(Arc::new(pipe.adapters.with_folders(
+            lora_dir.map(PathBuf::from).into_iter().collect(),
+            hypernetwork_dir.map(PathBuf::from).into_iter().collect(),
+        )));
+    }
+    Ok(())
 }
 
 /// Copies `init_image_data` into an image after checking its length.
@@ -249,7 +368,10 @@ unsafe fn init_image_from_bytes(p: &sdrs_gen_params) -> Result<RgbImage, Failure
 ///
 /// # Safety
 /// `p.initial_latents` is non-NULL, aligned, and readable for `p.initial_latents_len` floats.
-unsafe fn latents_from_buffer(pipe: &Pipeline, p: &sdrs_gen_params) -> Result<Tensor, Failure> {
+unsafe fn latents_from_buffer(
+    pipe: &LoadedPipeline,
+    p: &sdrs_gen_params,
+) -> Result<Tensor, Failure> {
     let f = pipe.latent_factor();
     let shape = [
         p.batch_size as usize,

@@ -366,3 +366,40 @@ fn readme_c_snippet_builds_and_runs() -> TestResult {
     assert!(written?.iter().any(|(k, _)| k == "parameters"));
     Ok(())
 }
+
+/// Adapters through the C API give the same pixels as through the Rust API.
+#[test]
+fn adapters_match_the_rust_api() -> TestResult {
+    use sd_core::adapters::{Embedding, Hypernetwork, Lora, LoraUse};
+    use sd_core::pipeline::HypernetworkUse;
+    use std::sync::Arc;
+
+    let dir = out_dir("adapters")?;
+    let fixtures = repo_dir().join("tests/fixtures");
+    let exe = compile(&ffi_dir().join("tests/c/adapters.c"), &dir)?;
+    let out = run(
+        &exe,
+        &[
+            model_dir().as_os_str(),
+            fixtures.as_os_str(),
+            dir.as_os_str(),
+        ],
+    )?;
+    assert!(out.contains("adapters: 0 failed checks"), "{out}");
+
+    let pipe = Pipeline::load(model_dir(), &LoadOptions::default())?;
+    let mut r = GenerateRequest::new("a red lighthouse in the style of ti-alpha");
+    r.negative_prompt = "blurry".into();
+    r.width = 64;
+    r.height = 64;
+    r.steps = 4;
+    r.seed = 42;
+    r.scheduler = SchedulerKind::Euler;
+    let lora = Lora::open(fixtures.join("lora/kohya_locon.safetensors"))?;
+    r.loras = vec![LoraUse::with_strengths(Arc::new(lora), 0.5, 0.8)];
+    let hn = Hypernetwork::open(fixtures.join("hypernetwork/hn-relu.pt"))?;
+    r.hypernetworks = vec![HypernetworkUse::new(Arc::new(hn), 0.6)];
+    r.embeddings = vec![Arc::new(Embedding::open(fixtures.join("ti/ti-alpha.pt"))?)];
+    let rust = pipe.generate(&r, &mut |_| true)?;
+    assert_same("adapters", &dir.join("adapters.rgb"), &pixels(&rust.images))
+}

@@ -78,11 +78,18 @@ impl<T> Cache<T> {
 }
 
 /// Folders in which prompts' `<lora:…>` and `<hypernet:…>` tags are resolved, with a cache of
-/// what was loaded from them. Share one between generations (it is `Send + Sync`).
+/// what was loaded from them (and from files named directly, [`lora_file`](Self::lora_file)).
+/// Share one between generations (it is `Send + Sync`).
 #[derive(Debug, Default)]
 pub struct AdapterLibrary {
     lora_dirs: Vec<PathBuf>,
     hypernetwork_dirs: Vec<PathBuf>,
+    caches: Arc<Caches>,
+}
+
+/// What was loaded, shared by libraries made with [`AdapterLibrary::with_folders`].
+#[derive(Debug, Default)]
+struct Caches {
     loras: Mutex<Cache<Lora>>,
     hypernetworks: Mutex<Cache<Hypernetwork>>,
 }
@@ -105,6 +112,16 @@ impl AdapterLibrary {
         self
     }
 
+    /// A library searching other folders but sharing this one's cache of loaded files: for a
+    /// program that keeps one library per model and takes folders per request.
+    pub fn with_folders(&self, lora_dirs: Vec<PathBuf>, hypernetwork_dirs: Vec<PathBuf>) -> Self {
+        AdapterLibrary {
+            lora_dirs,
+            hypernetwork_dirs,
+            caches: self.caches.clone(),
+        }
+    }
+
     /// The LoRA folders.
     pub fn lora_dirs(&self) -> &[PathBuf] {
         &self.lora_dirs
@@ -113,6 +130,23 @@ impl AdapterLibrary {
     /// The hypernetwork folders.
     pub fn hypernetwork_dirs(&self) -> &[PathBuf] {
         &self.hypernetwork_dirs
+    }
+
+    /// The LoRA in the file at `path`, loaded once and kept while the file is unchanged (so the
+    /// patched models built for it are reused too).
+    ///
+    /// # Errors
+    /// The errors of [`Lora::open`].
+    pub fn lora_file(&self, path: impl AsRef<Path>) -> Result<Arc<Lora>> {
+        lock(&self.caches.loras)?.get_or_load(path.as_ref(), |p| Lora::open(p))
+    }
+
+    /// The hypernetwork in the file at `path`, loaded once and kept while the file is unchanged.
+    ///
+    /// # Errors
+    /// The errors of [`Hypernetwork::open`].
+    pub fn hypernetwork_file(&self, path: impl AsRef<Path>) -> Result<Arc<Hypernetwork>> {
+        lock(&self.caches.hypernetworks)?.get_or_load(path.as_ref(), |p| Hypernetwork::open(p))
     }
 
     /// The LoRA a `<lora:NAME>` tag means: the file whose name without extension is `name`,
@@ -133,7 +167,7 @@ impl AdapterLibrary {
                 )
             })?,
         };
-        lock(&self.loras)?.get_or_load(&path, |p| Lora::open(p))
+        lock(&self.caches.loras)?.get_or_load(&path, |p| Lora::open(p))
     }
 
     /// The hypernetwork a `<hypernet:NAME>` tag means: the `.pt` file whose name without
@@ -151,7 +185,7 @@ impl AdapterLibrary {
                     "a file named NAME.pt",
                 )
             })?;
-        lock(&self.hypernetworks)?.get_or_load(&path, |p| Hypernetwork::open(p))
+        lock(&self.caches.hypernetworks)?.get_or_load(&path, |p| Hypernetwork::open(p))
     }
 }
 

@@ -48,6 +48,33 @@ pub struct AdapterReport {
     pub hypernetworks: Option<HypernetworkReport>,
 }
 
+impl std::fmt::Display for AdapterReport {
+    /// One line per LoRA (`lora NAME: N modules applied (text encoder S, UNet S)`), one indented
+    /// line per key not applied (`  not applied: KEY: REASON`), one line per hypernetwork
+    /// warning; nothing without adapters.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for lora in &self.loras.loras {
+            writeln!(
+                f,
+                "lora {}: {} modules applied (text encoder {}, UNet {})",
+                lora.name,
+                lora.applied.len(),
+                lora.text_encoder_strength,
+                lora.unet_strength
+            )?;
+            for skipped in &lora.skipped {
+                writeln!(f, "  not applied: {}: {}", skipped.key, skipped.reason)?;
+            }
+        }
+        if let Some(hn) = &self.hypernetworks {
+            for warning in &hn.warnings {
+                writeln!(f, "hypernetwork warning: {warning}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The adapters of one generation, in the order they apply: the request's own first, then those
 /// of the prompt's tags in prompt order.
 #[derive(Debug, Clone, Default)]
