@@ -3,10 +3,12 @@
 //!
 //! This file only registers the module. Each concept has its own file: [`errors`] (the
 //! exception hierarchy and the one error mapping), [`pipeline`] (`Pipeline`), [`result`]
-//! (`GenerationResult`), [`checkpoint`] (`scan_checkpoint`, `convert_checkpoint`), [`convert`] (numpy / PIL conversions) and [`progress`] (the progress
+//! (`GenerationResult`), [`checkpoint`] (`scan_checkpoint`, `convert_checkpoint`), [`adapters`] (`Lora`,
+//! `Embedding`, `Hypernetwork`), [`convert`] (numpy / PIL conversions) and [`progress`] (the progress
 //! callback and bar).
 #![deny(missing_docs)]
 
+pub mod adapters;
 pub mod checkpoint;
 pub mod convert;
 pub mod errors;
@@ -25,6 +27,9 @@ fn _sdrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pipeline::PyPipeline>()?;
     m.add_class::<result::PyGenerationResult>()?;
     m.add_class::<checkpoint::PyScanReport>()?;
+    m.add_class::<adapters::PyLora>()?;
+    m.add_class::<adapters::PyEmbedding>()?;
+    m.add_class::<adapters::PyHypernetwork>()?;
     m.add_function(wrap_pyfunction!(checkpoint::scan_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(checkpoint::convert_checkpoint, m)?)?;
     errors::register(m)?;

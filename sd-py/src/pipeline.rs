@@ -7,11 +7,14 @@ use std::sync::Arc;
 
 use pyo3::prelude::*;
 use sd_core::Device;
+use sd_core::adapters::AdapterLibrary;
 use sd_core::pipeline::{GenerateRequest, LoadOptions, Pipeline};
+use sd_core::prompt::EmphasisMode;
 use sd_core::schedulers::SchedulerKind;
 
+use crate::adapters;
 use crate::convert;
-use crate::errors::to_py_err;
+use crate::errors::{invalid_argument, to_py_err};
 use crate::progress::Reporter;
 use crate::result::PyGenerationResult;
 
@@ -33,6 +36,8 @@ pub fn scheduler_names() -> Vec<&'static str> {
 #[pyclass(frozen, name = "Pipeline", module = "sdrs")]
 pub struct PyPipeline {
     inner: Arc<Pipeline>,
+    /// Adapter files named by path in `generate`, kept loaded while unchanged on disk.
+    adapters: AdapterLibrary,
 }
 
 #[pymethods]
@@ -82,6 +87,7 @@ impl PyPipeline {
             .map_err(to_py_err)?;
         Ok(PyPipeline {
             inner: Arc::new(pipeline),
+            adapters: AdapterLibrary::new(),
         })
     }
 
@@ -132,10 +138,36 @@ impl PyPipeline {
     ///         ``False`` cancels, and an exception it raises cancels and propagates unchanged.
     ///         Defaults to ``None``.
     ///     progress (bool): show a tqdm progress bar when tqdm is installed. Defaults to ``False``.
+    ///     loras (Iterable | None): LoRA / LyCORIS adapters applied in order: each an
+    ///         ``sdrs.Lora``, a path, or a tuple ``(lora, strength)`` or
+    ///         ``(lora, text_encoder_strength, unet_strength)``. Files named by path stay loaded
+    ///         in the pipeline while unchanged. The loaded model is not modified. Defaults to
+    ///         ``None``.
+    ///     embeddings (Iterable | None): textual-inversion embeddings (``sdrs.Embedding`` or
+    ///         paths), triggered by writing their names in the prompt. Defaults to ``None``.
+    ///     hypernetworks (Iterable | None): hypernetworks chained in order: each an
+    ///         ``sdrs.Hypernetwork``, a path, or ``(hypernetwork, strength)``. Defaults to
+    ///         ``None``.
+    ///     lora_dir (str | os.PathLike[str] | list | None): folder(s) where ``<lora:NAME:…>``
+    ///         tags in the prompt are looked up. Defaults to ``None`` (a tag is then an error).
+    ///     hypernetwork_dir (str | os.PathLike[str] | list | None): folder(s) for
+    ///         ``<hypernet:NAME:…>`` tags. Defaults to ``None``.
+    ///     prompt_syntax (str): ``"a1111"`` (AUTOMATIC1111's prompt language: ``(word:1.2)``,
+    ///         ``[word]``, ``BREAK``, long prompts, ``[from:to:when]``, ``[a|b]``, ``AND``, tags)
+    ///         or ``"plain"`` (the text as written, truncated to 77 tokens, as diffusers reads
+    ///         it). Plain prompts of at most 75 tokens read the same in both. Defaults to
+    ///         ``"a1111"``.
+    ///     emphasis (str): how ``(word:1.2)`` weights act: ``"original"`` (weights, then the
+    ///         mean restored), ``"no-norm"``, ``"ignore"`` or ``"none"`` (A1111's emphasis modes).
+    ///         Defaults to ``"original"``.
+    ///     pad_cond_uncond (bool): when the prompt and the negative prompt differ in token count,
+    ///         pad the shorter into one UNet pass (A1111's option) instead of two passes (its
+    ///         default). Defaults to ``False``.
     ///
     /// Returns:
     ///     GenerationResult: ``.images`` (PIL images, or numpy ``uint8`` ``(H, W, 3)`` arrays
-    ///     without Pillow), ``.latents`` (numpy ``float32`` NCHW) and ``.infotexts``.
+    ///     without Pillow), ``.latents`` (numpy ``float32`` NCHW), ``.infotexts``,
+    ///     ``.adapter_report`` and ``.unapplied_keys``.
     ///
     /// Raises:
     ///     InvalidArgumentError: an argument is out of range; the message names it.
@@ -150,7 +182,9 @@ impl PyPipeline {
     #[pyo3(signature = (prompt, negative_prompt = None, *, steps = 20, guidance_scale = 7.5,
         width = None, height = None, seed = None, scheduler = "pndm", batch_size = 1,
         clip_skip = 1, init_image = None, strength = 0.8, latents = None, callback = None,
-        progress = false))]
+        progress = false, loras = None, embeddings = None, hypernetworks = None, lora_dir = None,
+        hypernetwork_dir = None, prompt_syntax = "a1111", emphasis = "original",
+        pad_cond_uncond = false))]
     #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
@@ -170,9 +204,37 @@ impl PyPipeline {
         latents: Option<&Bound<'_, PyAny>>,
         callback: Option<Py<PyAny>>,
         progress: bool,
+        loras: Option<&Bound<'_, PyAny>>,
+        embeddings: Option<&Bound<'_, PyAny>>,
+        hypernetworks: Option<&Bound<'_, PyAny>>,
+        lora_dir: Option<&Bound<'_, PyAny>>,
+        hypernetwork_dir: Option<&Bound<'_, PyAny>>,
+        prompt_syntax: &str,
+        emphasis: &str,
+        pad_cond_uncond: bool,
     ) -> PyResult<PyGenerationResult> {
         let (default_w, default_h) = self.inner.default_size();
+        let lora_dirs = adapters::folders(lora_dir, "lora_dir")?;
+        let hypernetwork_dirs = adapters::folders(hypernetwork_dir, "hypernetwork_dir")?;
+        let adapter_library = (!lora_dirs.is_empty() || !hypernetwork_dirs.is_empty())
+            .then(|| Arc::new(self.adapters.with_folders(lora_dirs, hypernetwork_dirs)));
         let request = GenerateRequest {
+            loras: loras
+                .map(|l| adapters::loras(py, l, &self.adapters))
+                .transpose()?
+                .unwrap_or_default(),
+            embeddings: embeddings
+                .map(|e| adapters::embeddings(py, e))
+                .transpose()?
+                .unwrap_or_default(),
+            hypernetworks: hypernetworks
+                .map(|h| adapters::hypernetworks(py, h, &self.adapters))
+                .transpose()?
+                .unwrap_or_default(),
+            adapter_library,
+            prompt_syntax: prompt_syntax.parse().map_err(to_py_err)?,
+            emphasis: emphasis_mode(emphasis)?,
+            pad_cond_uncond,
             negative_prompt: negative_prompt.unwrap_or_default(),
             width: width.unwrap_or(default_w),
             height: height.unwrap_or(default_h),
@@ -194,5 +256,19 @@ impl PyPipeline {
 
     fn __repr__(&self) -> String {
         format!("Pipeline(device={:?})", self.inner.device().to_string())
+    }
+}
+
+/// `emphasis=`: A1111's emphasis modes by their Python-style names.
+fn emphasis_mode(name: &str) -> PyResult<EmphasisMode> {
+    match name {
+        "original" => Ok(EmphasisMode::Original),
+        "no-norm" | "no_norm" => Ok(EmphasisMode::NoNorm),
+        "ignore" => Ok(EmphasisMode::Ignore),
+        "none" => Ok(EmphasisMode::None),
+        other => Err(invalid_argument(
+            "emphasis",
+            format!("unknown {other:?} (\"original\", \"no-norm\", \"ignore\" or \"none\")"),
+        )),
     }
 }

@@ -13,6 +13,10 @@ use pyo3::types::PyList;
 ///         ``(batch_size, 4, height // 8, width // 8)`` (NCHW).
 ///     infotexts (list[str]): one A1111-style parameters text per image (prompt, steps,
 ///         sampler, seed, size, ...), as written into PNG files.
+///     adapter_report (str): what the LoRAs and hypernetworks did, one line per LoRA and one
+///         per key of its file that was not applied (empty without adapters).
+///     unapplied_keys (dict[str, list[tuple[str, str]]]): per LoRA name, every key of its file
+///         that was not applied, with the reason.
 ///
 /// ``len(result)``, iteration and indexing go over ``images``.
 #[pyclass(frozen, name = "GenerationResult", module = "sdrs")]
@@ -26,6 +30,12 @@ pub struct PyGenerationResult {
     /// One infotext per image.
     #[pyo3(get)]
     pub infotexts: Vec<String>,
+    /// What the adapters did, as text.
+    #[pyo3(get)]
+    pub adapter_report: String,
+    /// Per LoRA, the keys not applied and why.
+    #[pyo3(get)]
+    pub unapplied_keys: std::collections::BTreeMap<String, Vec<(String, String)>>,
 }
 
 #[pymethods]
@@ -70,10 +80,26 @@ impl PyGenerationResult {
             .map(|image| crate::convert::image_to_numpy(py, image))
             .collect::<PyResult<Vec<_>>>()?;
         let images = crate::convert::to_pil_if_available(py, arrays)?;
+        let unapplied_keys = g
+            .adapters
+            .loras
+            .loras
+            .iter()
+            .map(|l| {
+                let keys = l
+                    .skipped
+                    .iter()
+                    .map(|k| (k.key.clone(), k.reason.to_string()))
+                    .collect();
+                (l.name.clone(), keys)
+            })
+            .collect();
         Ok(PyGenerationResult {
             images: PyList::new(py, images)?.unbind(),
             latents,
             infotexts: g.infotexts,
+            adapter_report: g.adapters.to_string(),
+            unapplied_keys,
         })
     }
 }

@@ -8,6 +8,10 @@ Load a model with :meth:`Pipeline.from_file` and call :meth:`Pipeline.generate`:
     result = pipe.generate("a lighthouse at dusk", steps=20, seed=42)
     result.images[0].save("out.png")
 
+Adapters: ``generate(loras=[...], embeddings=[...], hypernetworks=[...])`` takes
+:class:`Lora`, :class:`Embedding` and :class:`Hypernetwork` objects (or paths), and
+``<lora:NAME:…>`` tags in the prompt resolve against ``lora_dir``.
+
 :func:`scan_checkpoint` reports what a checkpoint holds and whether it is safe to load, and
 :func:`convert_checkpoint` converts one to safetensors; neither runs code from the file.
 
@@ -19,8 +23,11 @@ from sdrs._sdrs import (
     SCHEDULERS,
     CancelledError,
     DeviceError,
+    Embedding,
     GenerationResult,
+    Hypernetwork,
     InvalidArgumentError,
+    Lora,
     ModelLoadError,
     Pipeline,
     ScanReport,
@@ -34,8 +41,11 @@ __all__ = [
     "SCHEDULERS",
     "CancelledError",
     "DeviceError",
+    "Embedding",
     "GenerationResult",
+    "Hypernetwork",
     "InvalidArgumentError",
+    "Lora",
     "ModelLoadError",
     "Pipeline",
     "ScanReport",

@@ -1,7 +1,7 @@
 """Type stubs of the native module ``sdrs._sdrs`` (checked by ``mypy.stubtest``)."""
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, final
 
 import numpy as np
@@ -17,6 +17,9 @@ __all__ = [
     "CancelledError",
     "SCHEDULERS",
     "ScanReport",
+    "Lora",
+    "Embedding",
+    "Hypernetwork",
     "scan_checkpoint",
     "convert_checkpoint",
     "__version__",
@@ -53,9 +56,81 @@ class GenerationResult:
     @property
     def infotexts(self) -> list[str]:
         """One A1111-style parameters text per image."""
+    @property
+    def adapter_report(self) -> str:
+        """What the LoRAs and hypernetworks did (empty without adapters)."""
+    @property
+    def unapplied_keys(self) -> dict[str, list[tuple[str, str]]]:
+        """Per LoRA name, every key of its file that was not applied, with the reason."""
     def __len__(self) -> int: ...
     def __getitem__(self, index: int, /) -> Any: ...
     def __iter__(self) -> Iterator[Any]: ...
+
+@final
+class Lora:
+    """A LoRA / LyCORIS file, loaded once."""
+
+    def __new__(cls, path: str | os.PathLike[str]) -> Lora: ...
+    @property
+    def name(self) -> str:
+        """The file name without extension (what <lora:NAME> matches)."""
+    @property
+    def alias(self) -> str:
+        """ss_output_name, else name."""
+    @property
+    def short_hash(self) -> str | None:
+        """AUTOMATIC1111's short hash."""
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The file's metadata."""
+    @property
+    def modules(self) -> list[tuple[str, str]]:
+        """(module, algorithm) of every module."""
+
+@final
+class Embedding:
+    """A textual-inversion embedding, loaded once."""
+
+    def __new__(cls, path: str | os.PathLike[str], token: str | None = None) -> Embedding: ...
+    @property
+    def name(self) -> str:
+        """The trigger word."""
+    @property
+    def vectors(self) -> int:
+        """The number of vectors."""
+    @property
+    def width(self) -> int:
+        """The width of each vector."""
+    @property
+    def short_hash(self) -> str | None:
+        """AUTOMATIC1111's short hash."""
+
+@final
+class Hypernetwork:
+    """An AUTOMATIC1111 hypernetwork, loaded once."""
+
+    def __new__(cls, path: str | os.PathLike[str]) -> Hypernetwork: ...
+    @property
+    def name(self) -> str:
+        """The file name without extension (what <hypernet:NAME> matches)."""
+    @property
+    def short_hash(self) -> str | None:
+        """AUTOMATIC1111's short hash."""
+    @property
+    def widths(self) -> list[int]:
+        """The context widths it has modules for."""
+
+_LoraItem = (
+    Lora
+    | str
+    | os.PathLike[str]
+    | tuple[Lora | str | os.PathLike[str], float]
+    | tuple[Lora | str | os.PathLike[str], float, float]
+)
+_HypernetworkItem = (
+    Hypernetwork | str | os.PathLike[str] | tuple[Hypernetwork | str | os.PathLike[str], float]
+)
+_Folders = str | os.PathLike[str] | list[str | os.PathLike[str]]
 
 @final
 class Pipeline:
@@ -94,6 +169,14 @@ class Pipeline:
         latents: npt.NDArray[np.float32] | None = None,
         callback: Callable[[int, int], bool | None] | None = None,
         progress: bool = False,
+        loras: Iterable[_LoraItem] | None = None,
+        embeddings: Iterable[Embedding | str | os.PathLike[str]] | None = None,
+        hypernetworks: Iterable[_HypernetworkItem] | None = None,
+        lora_dir: _Folders | None = None,
+        hypernetwork_dir: _Folders | None = None,
+        prompt_syntax: str = "a1111",
+        emphasis: str = "original",
+        pad_cond_uncond: bool = False,
     ) -> GenerationResult:
         """Generates images from a prompt, or from ``init_image``."""
 
