@@ -2,15 +2,15 @@
 tests/fixtures/reference/prompt_cases.json and checked by `sd-core/tests/prompt_reference.rs`.
 
 Run from the repository root with the reference stack plus `lark` (the parser AUTOMATIC1111 uses for prompt
-scheduling; it is not part of /work/venv-ref):
+scheduling; it is not part of tools/.venv-ref):
 
-    /work/venv-ref/bin/python -m venv /tmp/venv-prompt
+    tools/.venv-ref/bin/python -m venv /tmp/venv-prompt
     /tmp/venv-prompt/bin/pip install lark==1.1.2
-    /work/venv-ref/bin/python -c "import site; print(site.getsitepackages()[0])" \
+    tools/.venv-ref/bin/python -c "import site; print(site.getsitepackages()[0])" \
         > "$(/tmp/venv-prompt/bin/python -c 'import site; print(site.getsitepackages()[0])')/venv_ref.pth"
     /tmp/venv-prompt/bin/python tools/a1111_prompt_reference.py
 
-(`/work/venv-ref/bin/python tools/a1111_prompt_reference.py` works as well once lark is installed there.)
+(`tools/.venv-ref/bin/python tools/a1111_prompt_reference.py` works as well once lark is installed there.)
 `--large PATH` writes a bigger random set in the same layout instead (see `large`).
 
 This is an independent re-implementation of the AUTOMATIC1111 stable-diffusion-webui (v1.10) prompt handling, one

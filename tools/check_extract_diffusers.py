@@ -6,7 +6,7 @@ fine-tune's outputs.
 
 Run from the repository root, after `cargo build --example extract_lora`:
 
-    /work/venv-ref/bin/python tools/check_extract_diffusers.py [--bin PATH] [--write-fixture]
+    tools/.venv-ref/bin/python tools/check_extract_diffusers.py [--bin PATH] [--write-fixture]
 
 `--bin` defaults to target/debug/examples/extract_lora. Exit status 0 when every comparison is
 within its tolerance. `--write-fixture` also writes what the Rust test

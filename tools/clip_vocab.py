@@ -1,6 +1,6 @@
 """Builds the CLIP BPE tokenizer files (vocab.json, merges.txt) used by Stable Diffusion 1.x.
 
-Run: /work/venv-ref/bin/python tools/clip_vocab.py OUT_DIR   (normally called by make_fixtures.py)
+Run: tools/.venv-ref/bin/python tools/clip_vocab.py OUT_DIR   (normally called by make_fixtures.py)
 
 The original CLIP merges list (`bpe_simple_vocab_16e6.txt.gz`) ships inside the
 `open_clip_torch` package on PyPI. It is fetched with `pip download --no-deps` (the wheel is

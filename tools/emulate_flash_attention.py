@@ -7,7 +7,7 @@ accumulate), converts the P accumulators into A fragments as the kernel does, an
 base-2 online softmax, masking and final quad reductions. It checks the kernel's index arithmetic
 and fragment bookkeeping without a GPU; it cannot check the hardware's behaviour itself.
 
-Usage: /work/venv-ref/bin/python tools/emulate_flash_attention.py   (needs numpy only)
+Usage: tools/.venv-ref/bin/python tools/emulate_flash_attention.py   (needs numpy only)
 """
 
 import numpy as np

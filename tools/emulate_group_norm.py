@@ -6,7 +6,7 @@ K_c = the block's first row, per-channel (mean, M2) folded per group with Chan's
 channel order, then blocks folded in order with their true row counts (the last block is short).
 Checks the index arithmetic and the statistics, not the GPU.
 
-Usage: /work/venv-ref/bin/python tools/emulate_group_norm.py   (needs numpy only)
+Usage: tools/.venv-ref/bin/python tools/emulate_group_norm.py   (needs numpy only)
 """
 
 import numpy as np

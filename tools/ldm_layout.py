@@ -1,7 +1,7 @@
 """Renames diffusers / transformers Stable Diffusion 1.x state dicts to the original LDM
 (CompVis) single-file checkpoint layout.
 
-Used by make_fixtures.py: /work/venv-ref/bin/python tools/make_fixtures.py
+Used by make_fixtures.py: tools/.venv-ref/bin/python tools/make_fixtures.py
 
 Layout produced:
   model.diffusion_model.*                 UNet (time_embed, input_blocks, middle_block,

@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    /work/venv-ref/bin/python tools/make_ckpt_fixtures.py
+    tools/.venv-ref/bin/python tools/make_ckpt_fixtures.py
 
 Every `<name>.<ext>` file written by torch.save gets a `<name>.safetensors` twin holding the
 same tensors as torch itself loads them (made contiguous), under the names the Rust reader is

@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    /work/venv-ref/bin/python tools/make_ckpt_model_fixture.py
+    tools/.venv-ref/bin/python tools/make_ckpt_model_fixture.py
 
 The tensors are those of tests/fixtures/tiny-sd.safetensors (float16, original LDM layout),
 saved unchanged (same names, same dtype, same bytes) with torch.save in its zip format, nested

@@ -1,8 +1,8 @@
 """Builds the tiny Stable Diffusion 1.x fixture model and its reference outputs.
 
-Run (from the repository root, after `bash tools/setup_reference_env.sh /work/venv-ref`):
+Run (from the repository root, after `bash tools/setup_reference_env.sh`):
 
-    /work/venv-ref/bin/python tools/make_fixtures.py
+    tools/.venv-ref/bin/python tools/make_fixtures.py
 
 Writes (see tests/fixtures/README.md for the full description):
     tests/fixtures/tiny-sd/                       diffusers folder, float32

@@ -1,9 +1,9 @@
 """Writes AUTOMATIC1111 hypernetwork files for tests/fixtures/tiny-sd and the outputs A1111's
 hypernetwork code gives with them: on the diffusers UNet, and on bare contexts.
 
-Run from the repository root (after `bash tools/setup_reference_env.sh /work/venv-ref`):
+Run from the repository root (after `bash tools/setup_reference_env.sh`):
 
-    /work/venv-ref/bin/python tools/make_hypernetwork_fixtures.py
+    tools/.venv-ref/bin/python tools/make_hypernetwork_fixtures.py
 
 The A1111 behaviour comes from tools/a1111_hypernetwork.py, a re-implementation of
 `modules/hypernetworks/hypernetwork.py` (see there). Files are written as A1111's

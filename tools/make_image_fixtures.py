@@ -3,7 +3,7 @@
 
 Run from the repository root:
 
-    /work/venv-ref/bin/python tools/make_image_fixtures.py
+    tools/.venv-ref/bin/python tools/make_image_fixtures.py
 
 (any Python with `pillow` and `numpy` works). Writes small files under
 `tests/fixtures/reference/images/` (total well below 200 KB):

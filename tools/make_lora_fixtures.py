@@ -2,7 +2,7 @@
 
 Run from the repository root with the reference environment (tools/setup_reference_env.sh):
 
-    /work/venv-ref/bin/python tools/make_lora_fixtures.py
+    tools/.venv-ref/bin/python tools/make_lora_fixtures.py
 
 Writes tests/fixtures/lora/ (see tests/fixtures/lora/README.md):
 

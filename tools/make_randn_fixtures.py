@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    /work/venv-ref/bin/python tools/make_randn_fixtures.py
+    tools/.venv-ref/bin/python tools/make_randn_fixtures.py
 
 Writes tests/fixtures/reference/randn.safetensors. Every case starts from
 `torch.Generator("cpu").manual_seed(seed)` and makes one or more successive calls on that one

@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    /work/venv-ref/bin/python tools/make_scheduler_fixtures.py
+    tools/.venv-ref/bin/python tools/make_scheduler_fixtures.py
 
 Writes tests/fixtures/reference/schedulers.safetensors. Every scheduler is built the way a
 Stable Diffusion 1.5 pipeline builds it: `Cls.from_config(pndm.config, **overrides)` where `pndm`

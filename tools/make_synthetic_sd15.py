@@ -2,7 +2,7 @@
 (the layout model sites publish), for measuring load time and peak memory without downloading a
 real model. Not a fixture: the file is ~2 GB in float16; write it outside the repository.
 
-Usage: /work/venv-ref/bin/python tools/make_synthetic_sd15.py OUT.safetensors [--dtype f16|bf16|f32]
+Usage: tools/.venv-ref/bin/python tools/make_synthetic_sd15.py OUT.safetensors [--dtype f16|bf16|f32]
 """
 
 import argparse

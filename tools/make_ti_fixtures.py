@@ -1,9 +1,9 @@
 """Writes textual-inversion embedding files for tests/fixtures/tiny-sd, in every file layout
 sd-core reads, and the text-encoder hidden states diffusers computes for prompts that use them.
 
-Run from the repository root (after `bash tools/setup_reference_env.sh /work/venv-ref`):
+Run from the repository root (after `bash tools/setup_reference_env.sh`):
 
-    /work/venv-ref/bin/python tools/make_ti_fixtures.py
+    tools/.venv-ref/bin/python tools/make_ti_fixtures.py
 
 Writes
     tests/fixtures/ti/*                                 the embedding files (see FILES below)

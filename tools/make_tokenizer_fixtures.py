@@ -6,7 +6,7 @@ There are two references, one per text clean-up that sd-core reproduces (`TextCl
   written to tests/fixtures/reference/tokenizer_ids_v5.json. Run from the repository root with the reference
   environment:
 
-      /work/venv-ref/bin/python tools/make_tokenizer_fixtures.py
+      tools/.venv-ref/bin/python tools/make_tokenizer_fixtures.py
 
   The tokenizer is loaded exactly as diffusers loads it, `CLIPTokenizer.from_pretrained(
   "tests/fixtures/tiny-sd/tokenizer")`, after checking that its vocabulary and merges are the ones sd-core embeds.
