@@ -12,7 +12,7 @@
 //! Work is split into blocks of whole tile rows, so each block writes a contiguous range of output
 //! rows; blocks run in parallel, each with its own transformed-input and product buffers of a few
 //! megabytes. The transformed weight `U` (16·c_in·c_out values) is built once per call and shared;
-//! when it would exceed 16 MiB (the 1280-channel layers), output channels are processed in chunks.
+//! when it would exceed 32 MiB (the widest layers), output channels are processed in chunks.
 
 use rayon::prelude::*;
 
@@ -22,8 +22,8 @@ use super::simd::vectorized;
 
 /// Per-block buffer budget for the transformed input and the products, in `f32` elements (8 MiB).
 const BLOCK_BUDGET: usize = 1 << 21;
-/// Largest transformed weight built at once, in `f32` elements (16 MiB).
-const U_BUDGET: usize = 1 << 22;
+/// Largest transformed weight built at once, in `f32` elements (32 MiB).
+const U_BUDGET: usize = 1 << 23;
 /// Block budget when blocks run one at a time, each product on every thread (32 MiB).
 const SHARED_BLOCK_BUDGET: usize = 1 << 23;
 /// Fewest tiles per thread for blocks to run in parallel with single-threaded products.
@@ -50,8 +50,46 @@ pub(crate) fn pays(g: &ConvGeometry) -> bool {
     tiles >= 96 && g.c_in >= 8 && g.c_out >= 8
 }
 
+/// Input channels per parallel task of [`transform_weight`].
+const WEIGHT_BLOCK: usize = 32;
+/// Output channels transformed together (fixed-size arrays the compiler keeps in vector
+/// registers).
+const LANES: usize = 16;
+
+/// `G g Gᵀ` for `LANES` kernels at once: `g[ky][kx][lane]` in, product `4i + j` out.
+#[inline(always)]
+fn transform_lanes(g: &[[[f32; LANES]; 3]; 3]) -> [[f32; LANES]; 16] {
+    let half = |a: &[f32; LANES], b: &[f32; LANES], c: &[f32; LANES], sign: f32| {
+        let mut r = [0.0f32; LANES];
+        for l in 0..LANES {
+            r[l] = 0.5 * (a[l] + sign * b[l] + c[l]);
+        }
+        r
+    };
+    // Rows of G g: one array per kernel column kx.
+    let mut gg = [[[0.0f32; LANES]; 3]; 4];
+    for kx in 0..3 {
+        gg[0][kx] = g[0][kx];
+        gg[1][kx] = half(&g[0][kx], &g[1][kx], &g[2][kx], 1.0);
+        gg[2][kx] = half(&g[0][kx], &g[1][kx], &g[2][kx], -1.0);
+        gg[3][kx] = g[2][kx];
+    }
+    let mut out = [[0.0f32; LANES]; 16];
+    for (i, r) in gg.iter().enumerate() {
+        out[4 * i] = r[0];
+        out[4 * i + 1] = half(&r[0], &r[1], &r[2], 1.0);
+        out[4 * i + 2] = half(&r[0], &r[1], &r[2], -1.0);
+        out[4 * i + 3] = r[2];
+    }
+    out
+}
+
 /// The transformed weight `U` for output channels `co0 .. co0 + cw`, laid out `[16][c_in][cw]`:
 /// product `e` reads the row-major `c_in x cw` matrix at `e·c_in·cw`.
+///
+/// One pass over the weight: each task takes a block of input channels, reads their nine taps
+/// once and writes all sixteen products (`G g Gᵀ`), so the weight is read once per call rather
+/// than once per row of `G` (the transform is memory-bound: 9 floats in, 16 out per pair).
 fn transform_weight(
     weight: &[f32],
     c_in: usize,
@@ -60,46 +98,40 @@ fn transform_weight(
 ) -> Vec<f32> {
     let plane = c_in * cw;
     let mut u = super::pool::take(16 * plane);
-    // Row i of G g gives products 4i .. 4i + 4, a contiguous quarter of U.
-    u.par_chunks_mut(4 * plane)
+    // Per block of input channels, its rows of each of the 16 product planes.
+    let mut planes: Vec<_> = u
+        .chunks_mut(plane)
+        .map(|p| p.chunks_mut(WEIGHT_BLOCK * cw))
+        .collect();
+    let blocks: Vec<Vec<&mut [f32]>> = (0..c_in.div_ceil(WEIGHT_BLOCK))
+        .map(|_| planes.iter_mut().filter_map(Iterator::next).collect())
+        .collect();
+    blocks
+        .into_par_iter()
         .enumerate()
-        .for_each(|(i, u_i)| {
+        .for_each(|(bi, mut rows)| {
             vectorized(|| {
-                let (p0, rest) = u_i.split_at_mut(plane);
-                let (p1, rest) = rest.split_at_mut(plane);
-                let (p2, p3) = rest.split_at_mut(plane);
-                for ci in 0..c_in {
-                    // Tap (ky, kx) of input channel ci: a row of cw weights.
-                    let tap = |ky: usize, kx: usize| {
-                        let off = ((ky * 3 + kx) * c_in + ci) * c_out + co0;
-                        &weight[off..off + cw]
-                    };
-                    let row = ci * cw..(ci + 1) * cw;
-                    let (o0, o1, o2, o3) = (
-                        &mut p0[row.clone()],
-                        &mut p1[row.clone()],
-                        &mut p2[row.clone()],
-                        &mut p3[row],
-                    );
-                    let (a0, a1, a2) = (tap(0, 0), tap(0, 1), tap(0, 2));
-                    let (b0, b1, b2) = (tap(1, 0), tap(1, 1), tap(1, 2));
-                    let (c0, c1, c2) = (tap(2, 0), tap(2, 1), tap(2, 2));
-                    for co in 0..cw {
-                        // Row i of G g, one value per kernel column kx.
-                        let gg = |g0: f32, g1: f32, g2: f32| match i {
-                            0 => g0,
-                            1 => 0.5 * (g0 + g1 + g2),
-                            2 => 0.5 * (g0 - g1 + g2),
-                            _ => g2,
-                        };
-                        let r0 = gg(a0[co], b0[co], c0[co]);
-                        let r1 = gg(a1[co], b1[co], c1[co]);
-                        let r2 = gg(a2[co], b2[co], c2[co]);
-                        // Times Gᵀ.
-                        o0[co] = r0;
-                        o1[co] = 0.5 * (r0 + r1 + r2);
-                        o2[co] = 0.5 * (r0 - r1 + r2);
-                        o3[co] = r2;
+                let ci0 = bi * WEIGHT_BLOCK;
+                for local in 0..(c_in - ci0).min(WEIGHT_BLOCK) {
+                    let ci = ci0 + local;
+                    let tap_at = |ky: usize, kx: usize| ((ky * 3 + kx) * c_in + ci) * c_out + co0;
+                    let mut co = 0;
+                    while co < cw {
+                        let n = LANES.min(cw - co);
+                        // The nine taps of LANES output channels (zero past the end).
+                        let mut g = [[[0.0f32; LANES]; 3]; 3];
+                        for (ky, gy) in g.iter_mut().enumerate() {
+                            for (kx, gyx) in gy.iter_mut().enumerate() {
+                                let at = tap_at(ky, kx) + co;
+                                gyx[..n].copy_from_slice(&weight[at..at + n]);
+                            }
+                        }
+                        let products = transform_lanes(&g);
+                        let at = local * cw + co;
+                        for (dst, src) in rows.iter_mut().zip(&products) {
+                            dst[at..at + n].copy_from_slice(&src[..n]);
+                        }
+                        co += n;
                     }
                 }
             })
