@@ -685,9 +685,9 @@ mod tests {
             (geo(1, 64, 64, 512, 512), 0.05),
             // A transformed weight over budget: output channels in chunks of 128 and 32, over
             // two blocks of tile rows.
-            (geo(1, 40, 40, 2048, 160), 0.02),
+            (geo(1, 40, 40, 4096, 160), 0.015),
             // Chunks of 256 and 53 channels (not a multiple of 8).
-            (geo(1, 12, 20, 1024, 309), 0.03),
+            (geo(1, 12, 20, 2048, 309), 0.02),
         ] {
             let mut pixels = Vec::new();
             for b in 0..g.batch {
