@@ -63,6 +63,12 @@ pub(crate) fn clear() -> usize {
     drained.iter().map(|v| v.capacity() * 4).sum()
 }
 
+/// Returns a scratch buffer from [`take`] to the pool once the caller is done with it (else it
+/// is freed and the next [`take`] of its size pays for fresh pages).
+pub(crate) fn give(v: Vec<f32>) {
+    recycle(v);
+}
+
 /// Offers a buffer back to the pool (or frees it).
 fn recycle(v: Vec<f32>) {
     if v.capacity() < MIN_POOLED {

@@ -26,6 +26,9 @@ const BLOCK_BUDGET: usize = 1 << 21;
 const U_BUDGET: usize = 1 << 23;
 /// Block budget when blocks run one at a time, each product on every thread (32 MiB).
 const SHARED_BLOCK_BUDGET: usize = 1 << 23;
+/// Largest transformed input kept for all tiles at once by [`channel_parallel`], in `f32`
+/// elements (64 MiB).
+const V_BUDGET: usize = 1 << 24;
 /// Fewest tiles per thread for blocks to run in parallel with single-threaded products.
 const MIN_BLOCK_TILES: usize = 128;
 /// Channels handled together in the transforms (one AVX2 register per row of the patch).
@@ -163,14 +166,20 @@ pub(crate) fn conv3x3(
         (U_BUDGET / (16 * c_in)).max(128) / 16 * 16
     };
 
+    let threads = super::num_threads();
+    let tiles_total = th * tw * g.batch;
+    let parallel_blocks = tiles_total >= threads * MIN_BLOCK_TILES && co_chunk == c_out;
+    if !parallel_blocks && threads > 1 && 16 * tiles_total * c_in <= V_BUDGET {
+        channel_parallel(x, weight, bias, g, &mut out, threads);
+        return out;
+    }
+
     // Blocks of whole tile rows. With enough tiles, blocks run in parallel, one single-threaded
     // product per block and thread, sized to BLOCK_BUDGET and to keep every thread busy. With few
     // tiles (deep, wide layers), per-thread blocks would be too short for efficient products and
     // each would stream all of `U`; then blocks run one after another, as large as allowed, with
     // each product split across the threads.
     let per_tile = 16 * (c_in + co_chunk);
-    let threads = super::num_threads();
-    let parallel_blocks = th * tw * g.batch >= threads * MIN_BLOCK_TILES && co_chunk == c_out;
     let rows_per_block = if parallel_blocks {
         let budget_rows = (BLOCK_BUDGET / (per_tile * tw)).max(1);
         let balance_rows = tile_rows.div_ceil(2 * threads).max(1);
@@ -230,6 +239,7 @@ pub(crate) fn conv3x3(
                 products(&u, v, m, (r0, r1, out_block), (0, c_out), Threads::Single);
             },
         );
+        super::pool::give(u);
     } else {
         let (mut v, mut m) = (Vec::new(), Vec::new());
         let single_block = blocks.len() == 1;
@@ -252,10 +262,104 @@ pub(crate) fn conv3x3(
                     Threads::All,
                 );
             }
+            super::pool::give(u);
             co0 += cw;
         }
     }
     out
+}
+
+/// The convolution for few tiles and many channels (the deep, wide layers), where products
+/// split across threads leave them idle: the transformed input of every tile is built once
+/// (blocks of tile rows in parallel), then chunks of output channels run in parallel, each
+/// transforming its slice of the weight and running single-threaded products over all tiles
+/// into a buffer of its own, which is finally copied into place.
+fn channel_parallel(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    g: ConvGeometry,
+    out: &mut [f32],
+    threads: usize,
+) {
+    let (h, w, c_in, c_out) = (g.in_h, g.in_w, g.c_in, g.c_out);
+    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    let tile_rows = g.batch * th;
+    let row_start = |r: usize| (r / th) * h + 2 * (r % th);
+    let row_end = |r: usize| (r / th) * h + (2 * (r % th) + 2).min(h);
+
+    let rows_per = tile_rows.div_ceil(threads).max(1);
+    let ranges: Vec<(usize, usize)> = (0..tile_rows)
+        .step_by(rows_per)
+        .map(|r0| (r0, (r0 + rows_per).min(tile_rows)))
+        .collect();
+    let vs: Vec<Vec<f32>> = ranges
+        .par_iter()
+        .map(|&(r0, r1)| {
+            let mut v = super::pool::take((r1 - r0) * tw * 16 * c_in);
+            input_transform(x, &g, r0, r1, &mut v);
+            v
+        })
+        .collect();
+
+    // Chunks of output channels: a multiple of the thread count, each chunk's transformed
+    // weight within its share of U_BUDGET, widths a multiple of 16.
+    let max_cw = (U_BUDGET / threads / (16 * c_in)).max(16);
+    let count = c_out.div_ceil(max_cw).div_ceil(threads) * threads;
+    let cw = c_out.div_ceil(count).div_ceil(16) * 16;
+    let chunks: Vec<(usize, usize)> = (0..c_out)
+        .step_by(cw)
+        .map(|co0| (co0, cw.min(c_out - co0)))
+        .collect();
+    let pixels = g.batch * h * w;
+    let parts: Vec<Vec<f32>> = chunks
+        .par_iter()
+        .map(|&(co0, cw)| {
+            let u = transform_weight(weight, c_in, c_out, (co0, cw));
+            let mut part = super::pool::take(pixels * cw);
+            let gp = ConvGeometry { c_out: cw, ..g };
+            let bias = bias.map(|b| &b[co0..co0 + cw]);
+            let mut m = Vec::new();
+            let mut rest: &mut [f32] = &mut part;
+            for (&(r0, r1), v) in ranges.iter().zip(&vs) {
+                let len = (row_end(r1 - 1) - row_start(r0)) * w * cw;
+                let (block_out, tail) = std::mem::take(&mut rest).split_at_mut(len);
+                rest = tail;
+                let tiles = (r1 - r0) * tw;
+                m.resize(tiles * 16 * cw, 0.0);
+                for e in 0..16 {
+                    sgemm(
+                        tiles,
+                        cw,
+                        c_in,
+                        MatRef::row_major(&v[e * tiles * c_in..(e + 1) * tiles * c_in], c_in),
+                        MatRef::row_major(&u[e * c_in * cw..(e + 1) * c_in * cw], cw),
+                        &mut m[e * tiles * cw..(e + 1) * tiles * cw],
+                        false,
+                        Threads::Single,
+                    );
+                }
+                output_transform(&m, bias, &gp, r0, r1, block_out, (0, cw));
+            }
+            super::pool::give(u);
+            part
+        })
+        .collect();
+    vs.into_iter().for_each(super::pool::give);
+
+    const PIXELS_PER_TASK: usize = 256;
+    out.par_chunks_mut(PIXELS_PER_TASK * c_out)
+        .enumerate()
+        .for_each(|(i, dst)| {
+            let p0 = i * PIXELS_PER_TASK;
+            for (p, row) in dst.chunks_mut(c_out).enumerate() {
+                for (&(co0, cw), part) in chunks.iter().zip(&parts) {
+                    let at = (p0 + p) * cw;
+                    row[co0..co0 + cw].copy_from_slice(&part[at..at + cw]);
+                }
+            }
+        });
+    parts.into_iter().for_each(super::pool::give);
 }
 
 /// Writes `Bᵀ d B` for every tile of tile rows `r0 .. r1` into `v`, laid out `[16][tile][c_in]`.
@@ -698,9 +802,21 @@ mod tests {
                     pixels.push((b, (i * 7 + 3) % g.in_h, (i * 13 + 2) % g.in_w));
                 }
             }
-            let err = relative_error(g, &pixels, wscale);
-            eprintln!("winograd relative error {err:.3e} for {g:?}");
-            assert!(err <= 2e-6, "relative error {err} for {g:?}");
+            // Two threads (as on the CI machines) take the parallel-blocks path at 64x64 and
+            // 32x32 and the channel-parallel path at 16x16; one thread takes the sequential
+            // path everywhere. Both are checked whatever the host's core count.
+            for threads in [2, 1] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("thread pool");
+                let err = pool.install(|| relative_error(g, &pixels, wscale));
+                eprintln!("winograd relative error {err:.3e} for {g:?} on {threads} thread(s)");
+                assert!(
+                    err <= 2e-6,
+                    "relative error {err} for {g:?} on {threads} thread(s)"
+                );
+            }
         }
     }
 }
