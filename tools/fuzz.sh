@@ -4,9 +4,10 @@
 #
 # Usage: bash tools/fuzz.sh [SECONDS_PER_TARGET]      (default 60)
 #
-# Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). When either is
-# missing (for instance on an offline machine) it says so and exits 0: it is a developer tool,
-# not a CI gate. Exit status otherwise: 0 nothing found, 1 findings (their files are listed;
+# Needs cargo-fuzz (`cargo install cargo-fuzz`) and a nightly toolchain; where only a stable
+# toolchain is installed it runs that one with RUSTC_BOOTSTRAP=1 (the sanitizer and coverage
+# flags cargo-fuzz passes are nightly-only). When cargo-fuzz is missing (for instance on an
+# offline machine) it says so and exits 0: it is a developer tool, not a CI gate. Exit status otherwise: 0 nothing found, 1 findings (their files are listed;
 # reproduce one with `cargo +nightly fuzz run TARGET ARTIFACT`), 2 usage or build error.
 # Inputs the fuzzer finds go to fuzz/corpus/TARGET (ignored by git); fuzz/seeds/TARGET seeds it.
 set -uo pipefail
@@ -18,16 +19,19 @@ if ! [[ "$secs" =~ ^[0-9]+$ ]] || [ "$secs" -eq 0 ]; then
   exit 2
 fi
 
-if ! cargo +nightly --version >/dev/null 2>&1; then
-  echo "fuzz: SKIPPED: no nightly toolchain (cargo-fuzz needs one: rustup toolchain install nightly)."
-  exit 0
+if cargo +nightly --version >/dev/null 2>&1; then
+  toolchain=(+nightly)
+else
+  echo "fuzz: no nightly toolchain; using the stable one with RUSTC_BOOTSTRAP=1"
+  export RUSTC_BOOTSTRAP=1
+  toolchain=()
 fi
-if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+if ! cargo "${toolchain[@]}" fuzz --version >/dev/null 2>&1; then
   echo "fuzz: SKIPPED: cargo-fuzz is not installed (cargo install cargo-fuzz; needs network)."
   exit 0
 fi
 
-targets=$(cargo +nightly fuzz list 2>/dev/null)
+targets=$(cargo "${toolchain[@]}" fuzz list 2>/dev/null)
 if [ -z "$targets" ]; then
   echo "fuzz: no targets found in fuzz/" >&2
   exit 2
@@ -35,7 +39,7 @@ fi
 
 mkdir -p fuzz/artifacts
 echo "fuzz: building targets"
-if ! cargo +nightly fuzz build >/dev/null 2>fuzz/artifacts/build.log; then
+if ! cargo "${toolchain[@]}" fuzz build >/dev/null 2>fuzz/artifacts/build.log; then
   echo "fuzz: build failed, see fuzz/artifacts/build.log" >&2
   exit 2
 fi
@@ -49,7 +53,7 @@ for t in $targets; do
   seeds=()
   [ -d "fuzz/seeds/$t" ] && seeds=("fuzz/seeds/$t")
   echo "fuzz: $t for ${secs}s"
-  cargo +nightly fuzz run "$t" "fuzz/corpus/$t" "${seeds[@]}" -- \
+  cargo "${toolchain[@]}" fuzz run "$t" "fuzz/corpus/$t" "${seeds[@]}" -- \
     -max_total_time="$secs" -print_final_stats=1 >"$log" 2>&1
   rc=$?
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)

@@ -1,11 +1,13 @@
-//! The entry point on any bytes: content sniffing, then whichever container matches, then the
-//! embedding and hypernetwork extractors and every tensor read.
+//! The entry points on any bytes: content sniffing and the pickle containers from memory (then
+//! the embedding and hypernetwork extractors and every tensor read), and, from a file, the
+//! pipeline's `open_tensor_source` (which picks the safetensors or pickle reader by content)
+//! and the user-facing scanner behind `convert --scan`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sd_core::weights::TensorSource;
 use sd_core::weights::ckpt::{CkptFile, sniff};
 use sd_core::weights::pickle::Limits;
+use sd_core::weights::{ReadMode, TensorSource, open_tensor_source, scan_checkpoint};
 
 fuzz_target!(|data: &[u8]| {
     let _ = sniff(data);
@@ -16,4 +18,15 @@ fuzz_target!(|data: &[u8]| {
             let _ = ck.read_f32(&name);
         }
     }
+
+    let path = std::env::temp_dir().join(format!("sdrs-fuzz-any-{}", std::process::id()));
+    if std::fs::write(&path, data).is_err() {
+        return;
+    }
+    if let Ok(source) = open_tensor_source(&path, ReadMode::Buffered) {
+        for name in source.tensor_names() {
+            let _ = source.read_f32(&name);
+        }
+    }
+    let _ = scan_checkpoint(&path);
 });
