@@ -7,8 +7,9 @@
 # Needs cargo-fuzz (`cargo install cargo-fuzz`) and a nightly toolchain; where only a stable
 # toolchain is installed it runs that one with RUSTC_BOOTSTRAP=1 (the sanitizer and coverage
 # flags cargo-fuzz passes are nightly-only). When cargo-fuzz is missing (for instance on an
-# offline machine) it says so and exits 0: it is a developer tool, not a CI gate. Exit status otherwise: 0 nothing found, 1 findings (their files are listed;
-# reproduce one with `cargo +nightly fuzz run TARGET ARTIFACT`), 2 usage or build error.
+# offline machine) it says so and exits 0: it is a developer tool, not a CI gate.
+# Exit status otherwise: 0 nothing found, 1 findings (their files are listed; reproduce one
+# with `cargo +nightly fuzz run TARGET ARTIFACT`), 2 usage or build error.
 # Inputs the fuzzer finds go to fuzz/corpus/TARGET (ignored by git); fuzz/seeds/TARGET seeds it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
