@@ -368,6 +368,21 @@ fn add_legacy_aliases(store: &mut WeightStore) {
     }
 }
 
+/// transformers 5 saves a `CLIPTextModel` without the `text_model.` prefix (`embeddings.*`,
+/// `encoder.*`, `final_layer_norm.*`); expose such tensors under the prefixed names the text
+/// encoder reads, as the single-file path does.
+fn add_clip_text_aliases(store: &mut WeightStore) {
+    let keys: Vec<&str> = store.names().collect();
+    let aliases: Vec<(String, String)> = names::map_clip_text_keys(&keys)
+        .pairs
+        .into_iter()
+        .filter(|(alias, stored)| alias != stored && !store.contains(alias))
+        .collect();
+    if !aliases.is_empty() {
+        store.add_aliases(aliases);
+    }
+}
+
 impl ModelFiles {
     /// Opens a model: a diffusers folder or a single file in the original layout.
     ///
@@ -397,11 +412,12 @@ impl ModelFiles {
         }
         let unet = open_component(&dir.join("unet"), &["diffusion_pytorch_model"], opts)?;
         let vae = open_component(&dir.join("vae"), &["diffusion_pytorch_model"], opts)?;
-        let text_encoder = open_component(
+        let mut text_encoder = open_component(
             &dir.join("text_encoder"),
             &["model", "diffusion_pytorch_model"],
             opts,
         )?;
+        add_clip_text_aliases(&mut text_encoder);
         let tokenizer = dir.join("tokenizer");
         Ok(ModelFiles {
             layout: Layout::Diffusers,
