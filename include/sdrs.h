@@ -389,7 +389,8 @@ typedef struct sdrs_load_params {
 
 /**
  * Called after each denoising step of `sdrs_pipeline_generate`, with `step` from 1 to
- * `total_steps` (fewer steps than requested run for img2img). Return true to continue, false
+ * `total_steps`: the UNet passes this call runs, which are fewer than requested for img2img
+ * and one more for PNDM (its first step runs twice, as in diffusers). Return true to continue, false
  * to cancel: the call then returns `SDRS_STATUS_CANCELLED` and produces no images.
  *
  * It runs on the thread that called `sdrs_pipeline_generate`, synchronously, never after that
@@ -438,12 +439,12 @@ typedef struct sdrs_hypernetwork {
  */
 typedef struct sdrs_gen_params {
   /**
-   * What to draw. Default: NULL, which means the empty prompt.
+   * What to draw, UTF-8, at most 32 KiB. Default: NULL, which means the empty prompt.
    */
   const char *prompt;
   /**
-   * What to steer away from. Default: NULL, which means the empty prompt (the unconditional
-   * embedding).
+   * What to steer away from, UTF-8, at most 32 KiB. Default: NULL, which means the empty
+   * prompt (the unconditional embedding).
    */
   const char *negative_prompt;
   /**
@@ -511,8 +512,9 @@ typedef struct sdrs_gen_params {
    */
   uint32_t init_image_height;
   /**
-   * img2img strength in [0, 1]: how much of the schedule runs on the noised init image
-   * (0 = the image unchanged, 1 = ignore it). Default: 0.8. Ignored without an init image.
+   * img2img strength in (0, 1]: how much of the schedule runs on the noised init image
+   * (near 0 = close to the image, 1 = ignore it); `steps * strength` must leave at least
+   * one step, as in diffusers. Default: 0.8. Ignored without an init image.
    */
   double strength;
   /**

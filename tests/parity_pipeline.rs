@@ -182,6 +182,14 @@ fn bad_requests_get_specific_errors() -> Result<()> {
         r.steps = 2;
         r
     };
+    let grey = image::RgbImage {
+        width: 64,
+        height: 64,
+        data: vec![128; 64 * 64 * 3],
+    };
+    let mut values = vec![0.5f32; 4 * 8 * 8];
+    values[37] = f32::NAN;
+    let nan_latents = Tensor::from_vec(values, [1, 4, 8, 8], sd_core::Device::Cpu)?;
     let cases: Vec<(&str, GenerateRequest)> = vec![
         (
             "width",
@@ -216,6 +224,29 @@ fn bad_requests_get_specific_errors() -> Result<()> {
             "clip_skip",
             GenerateRequest {
                 clip_skip: 99,
+                ..base()
+            },
+        ),
+        (
+            "strength",
+            GenerateRequest {
+                init_image: Some(grey.clone()),
+                strength: 0.0,
+                ..base()
+            },
+        ),
+        (
+            "strength",
+            GenerateRequest {
+                init_image: Some(grey.clone()),
+                strength: 0.2,
+                ..base()
+            },
+        ),
+        (
+            "initial_latents",
+            GenerateRequest {
+                initial_latents: Some(nan_latents),
                 ..base()
             },
         ),

@@ -172,7 +172,8 @@ pub(crate) unsafe fn opt_str<'a>(
 }
 
 /// Called after each denoising step of `sdrs_pipeline_generate`, with `step` from 1 to
-/// `total_steps` (fewer steps than requested run for img2img). Return true to continue, false
+/// `total_steps`: the UNet passes this call runs, which are fewer than requested for img2img
+/// and one more for PNDM (its first step runs twice, as in diffusers). Return true to continue, false
 /// to cancel: the call then returns `SDRS_STATUS_CANCELLED` and produces no images.
 ///
 /// It runs on the thread that called `sdrs_pipeline_generate`, synchronously, never after that
@@ -206,10 +207,10 @@ pub struct sdrs_load_params {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct sdrs_gen_params {
-    /// What to draw. Default: NULL, which means the empty prompt.
+    /// What to draw, UTF-8, at most 32 KiB. Default: NULL, which means the empty prompt.
     pub prompt: *const c_char,
-    /// What to steer away from. Default: NULL, which means the empty prompt (the unconditional
-    /// embedding).
+    /// What to steer away from, UTF-8, at most 32 KiB. Default: NULL, which means the empty
+    /// prompt (the unconditional embedding).
     pub negative_prompt: *const c_char,
     /// Image width in pixels: a positive multiple of 8 (the model's latent factor), at most
     /// 4096. Default: 512. 0 is rejected. `sdrs_pipeline_default_size` gives the model's size.
@@ -249,8 +250,9 @@ pub struct sdrs_gen_params {
     /// Height of `init_image_data` in pixels, 1 to 16384. Default: 0. Ignored when
     /// `init_image_data` is NULL.
     pub init_image_height: u32,
-    /// img2img strength in [0, 1]: how much of the schedule runs on the noised init image
-    /// (0 = the image unchanged, 1 = ignore it). Default: 0.8. Ignored without an init image.
+    /// img2img strength in (0, 1]: how much of the schedule runs on the noised init image
+    /// (near 0 = close to the image, 1 = ignore it); `steps * strength` must leave at least
+    /// one step, as in diffusers. Default: 0.8. Ignored without an init image.
     pub strength: f64,
     /// Text-to-image: unit-variance initial noise used instead of the seeded draw, `f32`
     /// values laid out NCHW as `[batch_size, 4, height / 8, width / 8]` (the latent channels

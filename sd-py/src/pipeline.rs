@@ -110,10 +110,12 @@ impl PyPipeline {
     /// is taken back to check for Ctrl-C, update the progress bar and call ``callback``.
     ///
     /// Args:
-    ///     prompt (str): what to draw.
-    ///     negative_prompt (str | None): what to steer away from. Defaults to ``None`` (empty).
+    ///     prompt (str): what to draw, at most 32 KiB of UTF-8.
+    ///     negative_prompt (str | None): what to steer away from, at most 32 KiB. Defaults to
+    ///         ``None`` (empty).
     ///     steps (int): denoising steps, 1 to 1000. Defaults to 20. For image-to-image only
-    ///         ``int(steps * strength)`` of them run.
+    ///         ``int(steps * strength)`` of them run; ``"pndm"`` runs its first step twice, as
+    ///         diffusers does, so its ``total_steps`` is one more.
     ///     guidance_scale (float): classifier-free guidance scale; ``<= 1`` disables guidance.
     ///         Defaults to 7.5.
     ///     width (int | None): image width, a multiple of 8. Defaults to the model's native size.
@@ -129,7 +131,8 @@ impl PyPipeline {
     ///         starting image for image-to-image: a PNG/JPEG path, a PIL image, or a ``uint8``
     ///         array ``(H, W, 3)``; resized to ``width x height`` when it differs. Defaults to
     ///         ``None`` (text-to-image).
-    ///     strength (float): image-to-image strength in ``[0, 1]``. Defaults to 0.8.
+    ///     strength (float): image-to-image strength in ``(0, 1]``; ``int(steps * strength)``
+    ///         must be at least 1. Defaults to 0.8.
     ///     latents (numpy.ndarray | None): unit-variance initial noise, ``float32``, C-contiguous,
     ///         shape ``(batch_size, 4, height // 8, width // 8)``, used instead of the seeded
     ///         draw (as diffusers' ``latents=``). Text-to-image only. Defaults to ``None``.

@@ -57,7 +57,8 @@ pub struct LoadOptions {
 pub struct Progress {
     /// Steps completed, from 1 to `total_steps`.
     pub step: usize,
-    /// Denoising steps this call runs (fewer than requested for img2img).
+    /// Denoising steps this call runs: fewer than requested for img2img, and one more for PNDM,
+    /// whose first step runs twice as in diffusers' PLMS.
     pub total_steps: usize,
     /// The model timestep of the step just completed.
     pub timestep: f64,
@@ -459,6 +460,12 @@ impl Pipeline {
                             return Err(Error::invalid_argument(
                                 "initial_latents",
                                 format!("shape {} does not match {:?}", l.shape(), latent_shape),
+                            ));
+                        }
+                        if let Some(i) = l.to_vec()?.iter().position(|v| !v.is_finite()) {
+                            return Err(Error::invalid_argument(
+                                "initial_latents",
+                                format!("value {i} (flat NCHW index) is not finite"),
                             ));
                         }
                         l.to_device(self.device)?

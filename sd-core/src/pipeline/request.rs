@@ -27,16 +27,16 @@ pub const MAX_STEPS: usize = 1000;
 /// Build it with [`GenerateRequest::new`] and override fields; every field documents its default.
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
-    /// The prompt.
+    /// The prompt, at most 32 KiB of UTF-8.
     pub prompt: String,
-    /// What to steer away from. Default: empty (the unconditional embedding).
+    /// What to steer away from, at most 32 KiB. Default: empty (the unconditional embedding).
     pub negative_prompt: String,
     /// Image width in pixels, a multiple of 8 (of the model's latent factor). Default: 512.
     pub width: usize,
     /// Image height in pixels, a multiple of 8. Default: 512.
     pub height: usize,
     /// Denoising steps. Default: 20. For img2img, only `steps × strength` of them run, as in
-    /// diffusers.
+    /// diffusers; PNDM runs its first step twice (see [`Progress::total_steps`](crate::pipeline::Progress::total_steps)).
     pub steps: usize,
     /// Classifier-free guidance scale; values ≤ 1 disable guidance (one UNet pass per step) for a
     /// prompt without `AND` parts or a `:weight`. With those, A1111's combination
@@ -55,7 +55,8 @@ pub struct GenerateRequest {
     /// Starting image for img2img; it is resized to `width x height` (Lanczos) when it differs.
     /// Default: none (text-to-image).
     pub init_image: Option<RgbImage>,
-    /// img2img strength in `[0, 1]`: how much of the schedule is run on the noised image.
+    /// img2img strength in `(0, 1]`: how much of the schedule is run on the noised image;
+    /// `steps × strength` must leave at least one step.
     /// Default: 0.8.
     pub strength: f64,
     /// Unit-variance initial noise `[batch, latent_channels, height/8, width/8]` (NCHW) used
@@ -165,12 +166,8 @@ impl GenerateRequest {
             ));
         }
         if self.init_image.is_some() {
-            if !(self.strength.is_finite() && (0.0..=1.0).contains(&self.strength)) {
-                return Err(Error::invalid_argument(
-                    "strength",
-                    format!("{} must be in [0, 1]", self.strength),
-                ));
-            }
+            // The same checks, and messages, as the schedule's start step.
+            crate::schedulers::img2img_start(self.steps, self.strength)?;
             if self.initial_latents.is_some() {
                 return Err(Error::invalid_argument(
                     "initial_latents",
