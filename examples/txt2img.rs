@@ -30,8 +30,9 @@ usage: txt2img [--model PATH] --prompt TEXT [options]
   --model PATH            checkpoint: a .safetensors or .ckpt/.pt/.bin file (original layout; pickle
                           checkpoints are read without running their code) or a diffusers folder
                           (default: the tiny random-weight test model, for checking an install)
-  --config-dir DIR        diffusers-layout folder whose */config.json describe a single-file
-                          checkpoint of non-standard size (default: infer from tensor shapes)
+  --config-dir DIR        diffusers-layout folder whose */config.json and
+                          scheduler/scheduler_config.json describe a single-file checkpoint
+                          (default: sizes inferred from tensor shapes, SD 1.5's scheduler)
   --prompt TEXT           what to draw
   --negative-prompt TEXT  what to steer away from (default: empty)
   --prompt-syntax NAME    a1111 (default): AUTOMATIC1111's prompt language, i.e. (word:1.2)
@@ -45,7 +46,7 @@ usage: txt2img [--model PATH] --prompt TEXT [options]
   --width N --height N    image size, multiples of 8 (default: the model's native size, 512 for SD 1.x)
   --batch N               images per run (default: 1)
   --init-image PATH       img2img: start from this PNG or JPEG
-  --strength X            img2img strength in [0, 1] (default: 0.8)
+  --strength X            img2img strength in (0, 1] (default: 0.8)
   --init-latents FILE     safetensors file with one f32 tensor `latents` [batch, 4, h/8, w/8]: unit
                           noise used instead of the seeded draw (scaled by the initial sigma)
   --save-latents FILE     write the final latents (before decoding) to FILE, same format
@@ -233,6 +234,19 @@ fn output_path(base: &Path, index: usize, batch: usize) -> PathBuf {
     base.with_file_name(format!("{stem}-{}.{ext}", index + 1))
 }
 
+/// Fails before the model loads when an output would go into a folder that does not exist, so
+/// a long generation is not thrown away at the end.
+fn check_output_folder(flag: &str, path: &Path) -> Result<(), String> {
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) if !dir.is_dir() => Err(format!(
+            "{flag} {}: the folder {} does not exist",
+            path.display(),
+            dir.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn read_latents(path: &Path) -> sd_core::Result<Tensor> {
     let file = SafetensorsFile::open(path)?;
     let info = file
@@ -323,6 +337,10 @@ fn run(args: Args) -> Result<(), String> {
             .unwrap_or(0);
         (nanos as u64) & 0xffff_ffff
     });
+    check_output_folder("--output", &args.output)?;
+    if let Some(path) = &args.save_latents {
+        check_output_folder("--save-latents", path)?;
+    }
     let load_started = Instant::now();
     let pipeline = Pipeline::load(
         &model,

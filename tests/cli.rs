@@ -123,6 +123,28 @@ fn bad_arguments_fail_with_a_message_and_nonzero_status() {
             vec!["--model", model, "--prompt", "x", "--prompt-syntax", "lpw"],
             "--prompt-syntax",
         ),
+        (
+            vec![
+                "--model",
+                model,
+                "--prompt",
+                "x",
+                "--output",
+                "/nonexistent-dir/x.png",
+            ],
+            "the folder /nonexistent-dir does not exist",
+        ),
+        (
+            vec![
+                "--model",
+                model,
+                "--prompt",
+                "x",
+                "--save-latents",
+                "/nonexistent-dir/l.st",
+            ],
+            "--save-latents /nonexistent-dir/l.st: the folder",
+        ),
         (vec!["--prompt"], "--prompt needs a value"),
         (vec!["--bogus"], "unknown argument"),
     ];

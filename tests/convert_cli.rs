@@ -336,6 +336,15 @@ fn usage_and_io_errors_exit_2() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
         assert!(!o.stderr.is_empty(), "{args:?}: no message");
     }
+    // A missing output folder is named; the temporary file beside the output is not.
+    let target = dir.join("no-such-dir/o.safetensors");
+    let err = text(&run(&[p(&input), p(&target)]).stderr);
+    assert!(
+        err.contains(p(&target))
+            && err.contains("no-such-dir does not exist")
+            && !err.contains(".partial"),
+        "{err}"
+    );
     let o = run(&["--help"]);
     assert_eq!(o.status.code(), Some(0));
     assert!(text(&o.stdout).contains("usage: convert"));

@@ -240,6 +240,25 @@ impl Error {
         }
     }
 
+    /// Wraps an I/O error from writing `target`, naming the file the caller asked for (not a
+    /// temporary beside it) and, when its folder does not exist, saying so.
+    pub fn io_writing(target: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = target.into();
+        if source.kind() != std::io::ErrorKind::NotFound {
+            return Error::Io { path, source };
+        }
+        let reason = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(dir) if !dir.is_dir() => {
+                format!("the folder {} does not exist", dir.display())
+            }
+            _ => format!("cannot write: {source}"),
+        };
+        Error::Io {
+            path,
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, reason),
+        }
+    }
+
     /// Builds an [`Error::InvalidFile`].
     pub fn invalid_file(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         Error::InvalidFile {

@@ -69,7 +69,7 @@ pub fn encode_png(image: &RgbImage, text: &[(&str, &str)]) -> Result<Vec<u8>> {
 pub fn save_png(path: impl AsRef<Path>, image: &RgbImage, text: &[(&str, &str)]) -> Result<()> {
     let path = path.as_ref();
     let bytes = encode_png(image, text)?;
-    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+    std::fs::write(path, bytes).map_err(|e| Error::io_writing(path, e))
 }
 
 /// Reads every `tEXt`, `zTXt` and `iTXt` entry of a PNG file as `(keyword, text)`, in chunk

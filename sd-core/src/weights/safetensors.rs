@@ -979,10 +979,10 @@ pub fn write_safetensors(
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".partial");
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io_writing(path, e))?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
+        Error::io_writing(path, e)
     })
 }
 
@@ -1082,13 +1082,13 @@ pub fn write_safetensors_raw(
     safetensors::serialize_to_file(views, metadata.cloned(), &tmp).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         match e {
-            safetensors::SafeTensorError::IoError(io) => Error::io(&tmp, io),
+            safetensors::SafeTensorError::IoError(io) => Error::io_writing(path, io),
             e => Error::invalid_argument("tensors", format!("cannot serialize: {e}")),
         }
     })?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
+        Error::io_writing(path, e)
     })
 }
 
