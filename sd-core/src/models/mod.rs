@@ -1,5 +1,6 @@
 //! The networks of Stable Diffusion: [`clip`] (text encoder), [`unet`] (denoiser) and [`vae`]
-//! (autoencoder), built from [`nn`] layers and shared [`blocks`], sized by [`config`].
+//! (autoencoder), built from [`nn`] layers and shared ResNet and transformer blocks, sized by
+//! [`config`].
 
 pub(crate) mod blocks;
 pub mod clip;
