@@ -39,7 +39,9 @@ fn needs_config(files: &ModelFiles, what: String) -> Error {
     Error::InvalidConfig {
         path: files.model_path.clone(),
         reason: format!(
-            "{what}; pass a diffusers config folder (LoadOptions::config_dir) for this checkpoint"
+            "{what}; pass a diffusers-layout folder with the model's config files for this \
+             checkpoint (the config folder option: `config_dir` in Rust, C and Python, \
+             `--config-dir` on the command line)"
         ),
     }
 }
