@@ -1430,16 +1430,36 @@ fn legacy_ok() -> Legacy {
 }
 
 fn legacy_bytes(l: &Legacy) -> Vec<u8> {
-    let mut out = LEGACY_MAGIC.to_vec();
-    out.extend(cat(&[PROTO2, &int(l.proto), b"."]));
-    out.extend(sys_info(l.little));
-    out.extend_from_slice(&l.object);
+    legacy_bytes_with_protocol(l, 2)
+}
+
+/// A protocol-2 pickle as pickle protocol `proto` writes it: `PROTO proto` and, from protocol 4
+/// on, one `FRAME` around the rest (what CPython's pickler does for a small pickle).
+fn reproto(p: &[u8], proto: u8) -> Vec<u8> {
+    assert_eq!(&p[..2], PROTO2);
+    let body = &p[2..];
+    let mut out = vec![0x80, proto];
+    if proto >= 4 {
+        out.push(0x95);
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// The legacy file of `l` as `torch.save(..., _use_new_zipfile_serialization=False,
+/// pickle_protocol=proto)` lays it out: all five pickles in that protocol.
+fn legacy_bytes_with_protocol(l: &Legacy, proto: u8) -> Vec<u8> {
+    let mut out = reproto(&LEGACY_MAGIC, proto);
+    out.extend(reproto(&cat(&[PROTO2, &int(l.proto), b"."]), proto));
+    out.extend(reproto(&sys_info(l.little), proto));
+    out.extend(reproto(&l.object, proto));
     let mut keys = cat(&[PROTO2, b"]("]);
     for k in &l.keys {
         keys.extend(s(k));
     }
     keys.extend_from_slice(b"e.");
-    out.extend(keys);
+    out.extend(reproto(&keys, proto));
     for (n, d) in &l.records {
         out.extend_from_slice(&n.to_le_bytes());
         out.extend_from_slice(d);
@@ -1467,6 +1487,66 @@ fn l01_magic_and_protocol() {
         open_err(legacy_bytes(&l)).kind,
         K::UnsupportedVersion(_)
     ));
+}
+
+#[test]
+fn l01b_the_magic_number_is_read_whatever_the_pickle_protocol() {
+    // Protocol 3 (`pickle_protocol=3`): the same opcodes as protocol 2 in this file.
+    let b = legacy_bytes_with_protocol(&legacy_ok(), 3);
+    assert_eq!(&b[..3], &[0x80, 3, 0x8a]);
+    assert_eq!(sniff(&b), ContainerFormat::TorchLegacy);
+    let ck = open(b).expect("protocol 3");
+    assert_eq!(ck.format(), &CkptFormat::Legacy);
+    assert_eq!(ck.read_f32("w").expect("read"), vec![0.0, 1.0, 2.0]);
+    // Protocols 4 and 5 wrap each pickle in a FRAME; they load where protocol-4 opcodes are
+    // accepted, and are not mistaken for "not a checkpoint" where they are not.
+    for proto in [4u8, 5] {
+        let b = legacy_bytes_with_protocol(&legacy_ok(), proto);
+        assert_eq!(&b[..3], &[0x80, proto, 0x95]);
+        assert_eq!(sniff(&b), ContainerFormat::TorchLegacy, "protocol {proto}");
+        let l = Limits {
+            allow_protocol4: true,
+            ..limits()
+        };
+        let ck = open_with(b.clone(), &l).expect("protocol 4/5 with allow_protocol4");
+        assert_eq!(ck.read_f32("w").expect("read"), vec![0.0, 1.0, 2.0]);
+        assert_ne!(open_err(b).kind, K::NotACheckpoint, "protocol {proto}");
+    }
+    // Anything else at the start is still not the torch magic.
+    let magic = |proto: u8, frame: Option<u64>, value: [u8; 10]| {
+        let mut m = vec![0x80, proto];
+        if let Some(len) = frame {
+            m.push(0x95);
+            m.extend_from_slice(&len.to_le_bytes());
+        }
+        m.extend_from_slice(&[0x8a, 10]);
+        m.extend_from_slice(&value);
+        m.push(b'.');
+        let mut b = legacy_bytes(&legacy_ok());
+        b.splice(..LEGACY_MAGIC.len(), m);
+        b
+    };
+    let good: [u8; 10] = LEGACY_MAGIC[4..14].try_into().expect("10 bytes");
+    let mut wrong = good;
+    wrong[9] ^= 1;
+    assert!(open(magic(2, None, good)).is_ok());
+    for (what, b) in [
+        ("another number", magic(2, None, wrong)),
+        ("protocol 6", magic(6, None, good)),
+        ("protocol 1 opcodes", magic(1, None, good)),
+        ("FRAME under protocol 3", magic(3, Some(13), good)),
+        ("FRAME of the wrong length", magic(4, Some(14), good)),
+    ] {
+        assert_eq!(sniff(&b), ContainerFormat::Unknown, "{what}");
+        assert_eq!(open_err(b).kind, K::NotACheckpoint, "{what}");
+    }
+    // The text protocols (0 and 1) spell the magic number in decimal: named, not read.
+    let mut b = b"L119547037146038801333356L\n.".to_vec();
+    b.extend_from_slice(b"I1001\n.");
+    assert_eq!(
+        open_err(b).kind,
+        K::UnsupportedFormat(Format::LegacyTextPickle)
+    );
 }
 
 #[test]

@@ -38,10 +38,11 @@ use crate::weights::pickle::{
 };
 use crate::weights::store::{StoredDType, TensorInfo, TensorSource};
 
-/// The 15-byte pickle of torch's legacy magic number `0x1950a86a20f9469cfc6c`.
-const LEGACY_MAGIC: [u8; 15] = [
-    0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e,
-];
+/// torch's legacy magic number `0x1950a86a20f9469cfc6c` as the ten little-endian bytes a
+/// `LONG1` opcode stores.
+const LEGACY_MAGIC_LE: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+/// The same number as the text pickle protocols 0 and 1 write it (`LONG` opcode, then `STOP`).
+const LEGACY_MAGIC_TEXT: &[u8] = b"L119547037146038801333356L\n.";
 /// Largest small bookkeeping record (`version`, `byteorder`, `.data/*`) accepted.
 const MAX_SMALL_RECORD: u64 = 1 << 20;
 
@@ -62,13 +63,17 @@ pub enum ContainerFormat {
 
 /// Classifies a file by its content only. A safetensors file whose header length happens to
 /// start with `80 02` is still recognised as safetensors: the pickle path is taken only for
-/// the exact torch magic numbers.
+/// the exact torch magic numbers (the legacy one in any of the encodings pickle protocols 2 to
+/// 5 give it; see [`legacy_magic`]).
 pub fn sniff(data: &[u8]) -> ContainerFormat {
     if data.starts_with(b"PK\x03\x04") {
         return ContainerFormat::TorchZip;
     }
-    if data.starts_with(&LEGACY_MAGIC) {
+    if legacy_magic(data).is_some() {
         return ContainerFormat::TorchLegacy;
+    }
+    if data.starts_with(LEGACY_MAGIC_TEXT) {
+        return ContainerFormat::Refused(Format::LegacyTextPickle);
     }
     if data.starts_with(b"PYTORCH1") {
         return ContainerFormat::Refused(Format::TorchPreview);
@@ -90,6 +95,39 @@ pub fn sniff(data: &[u8]) -> ContainerFormat {
         }
     }
     ContainerFormat::Unknown
+}
+
+/// Reads the magic-number pickle that opens a legacy-format file, as a pickle value: `PROTO n`
+/// (2 to 5, whatever `pickle_protocol` the file was saved with), for protocols 4 and 5 the
+/// `FRAME` that wraps it, the integer `0x1950a86a20f9469cfc6c` (`LONG1`, 10 bytes) and `STOP`.
+/// Returns the protocol and the pickle's length; `None` for anything else.
+fn legacy_magic(data: &[u8]) -> Option<(u8, usize)> {
+    let [0x80, proto, rest @ ..] = data else {
+        return None;
+    };
+    if !(2..=5).contains(proto) {
+        return None;
+    }
+    // LONG1, its length byte, the 10 bytes and STOP: what a FRAME around them must announce.
+    const BODY: usize = 13;
+    let (frame_len, body) = match rest {
+        [0x95, rest @ ..] if *proto >= 4 => {
+            let (len, body) = rest.split_first_chunk::<8>()?;
+            (u64::from_le_bytes(*len) == BODY as u64).then_some((9, body))?
+        }
+        _ => (0, rest),
+    };
+    let [0x8a, 10, rest @ ..] = body else {
+        return None;
+    };
+    let (magic, rest) = rest.split_first_chunk::<10>()?;
+    if *magic != LEGACY_MAGIC_LE || rest.first() != Some(&b'.') {
+        return None;
+    }
+    Some((
+        *proto,
+        2usize.saturating_add(frame_len).saturating_add(BODY),
+    ))
 }
 
 /// How a checkpoint's bytes are held.
@@ -731,7 +769,7 @@ fn legacy_pickle(
 }
 
 fn parse_legacy(data: &[u8], limits: &Limits) -> LResult<Parsed> {
-    let mut pos = LEGACY_MAGIC.len();
+    let (_protocol, mut pos) = legacy_magic(data).ok_or(LoadError::new(K::NotACheckpoint))?;
     let (proto, next) = legacy_pickle(data, pos, limits, PersistentIds::Forbidden, "protocol")?;
     if proto.root() != Value::Int(1001) {
         return Err(LoadError::at(

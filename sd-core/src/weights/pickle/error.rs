@@ -17,6 +17,9 @@ pub enum Format {
     TorchPreview,
     /// A safetensors file; read it with the safetensors loader instead.
     Safetensors,
+    /// A legacy-format torch checkpoint written with text pickle protocol 0 or 1, whose opcodes
+    /// (`LONG`, `INT`, `DICT`, `PUT`, …) are outside the accepted set.
+    LegacyTextPickle,
 }
 
 impl fmt::Display for Format {
@@ -28,6 +31,10 @@ impl fmt::Display for Format {
             Format::Gzip => "a gzip stream",
             Format::TorchPreview => "the torch preview format (PYTORCH1)",
             Format::Safetensors => "a safetensors file",
+            Format::LegacyTextPickle => {
+                "a torch legacy-format checkpoint written with text pickle protocol 0 or 1 \
+                 (text opcodes are not read)"
+            }
         })
     }
 }
