@@ -259,3 +259,42 @@ fn adapter_errors_name_what_is_wrong() {
     req.adapter_library = None;
     assert!(pipe.generate(&req, &mut |_| true).is_ok());
 }
+
+/// An embedding made for another model family is left out, as A1111 leaves it out, and the
+/// generation says so: in its report and in the report's text, which the fronts print.
+#[test]
+fn embeddings_of_another_family_are_reported_as_skipped() {
+    let pipe = pipeline();
+    let mut req = GenerateRequest::new("ti-sdxl and ti-alpha");
+    req.steps = 1;
+    req.width = 64;
+    req.height = 64;
+    req.embeddings = vec![
+        Arc::new(Embedding::open(fixture("ti/ti-sdxl.safetensors")).expect("sdxl embedding")),
+        Arc::new(Embedding::open(fixture("ti/ti-alpha.pt")).expect("embedding")),
+    ];
+    let run = go(&pipe, &req);
+    let skipped = &run.adapters.embeddings_skipped;
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(skipped[0].name, "ti-sdxl");
+    assert!(
+        skipped[0].reason.contains("another model family"),
+        "{}",
+        skipped[0].reason
+    );
+    let text = run.adapters.to_string();
+    assert!(
+        text.contains("embedding skipped: `ti-sdxl` is an embedding for another model family"),
+        "{text}"
+    );
+    let used: Vec<&str> = run
+        .embeddings_used
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(used, ["ti-alpha"]);
+
+    // Without embeddings the report has nothing to say.
+    req.embeddings.clear();
+    assert!(go(&pipe, &req).adapters.to_string().is_empty());
+}

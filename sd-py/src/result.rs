@@ -13,10 +13,13 @@ use pyo3::types::PyList;
 ///         ``(batch_size, 4, height // 8, width // 8)`` (NCHW).
 ///     infotexts (list[str]): one A1111-style parameters text per image (prompt, steps,
 ///         sampler, seed, size, ...), as written into PNG files.
-///     adapter_report (str): what the LoRAs and hypernetworks did, one line per LoRA and one
-///         per key of its file that was not applied (empty without adapters).
+///     adapter_report (str): what the adapters did, one line per LoRA and one per key of its
+///         file that was not applied, one per hypernetwork warning and one per embedding
+///         skipped (empty without adapters).
 ///     unapplied_keys (dict[str, list[tuple[str, str]]]): per LoRA name, every key of its file
 ///         that was not applied, with the reason.
+///     skipped_embeddings (dict[str, str]): per embedding name, why the prompts could not use
+///         it (made for another model family, for instance); its name stayed ordinary text.
 ///
 /// ``len(result)``, iteration and indexing go over ``images``.
 #[pyclass(frozen, name = "GenerationResult", module = "sdrs")]
@@ -36,6 +39,9 @@ pub struct PyGenerationResult {
     /// Per LoRA, the keys not applied and why.
     #[pyo3(get)]
     pub unapplied_keys: std::collections::BTreeMap<String, Vec<(String, String)>>,
+    /// Per embedding left out, why.
+    #[pyo3(get)]
+    pub skipped_embeddings: std::collections::BTreeMap<String, String>,
 }
 
 #[pymethods]
@@ -94,12 +100,19 @@ impl PyGenerationResult {
                 (l.name.clone(), keys)
             })
             .collect();
+        let skipped_embeddings = g
+            .adapters
+            .embeddings_skipped
+            .iter()
+            .map(|e| (e.name.clone(), e.reason.clone()))
+            .collect();
         Ok(PyGenerationResult {
             images: PyList::new(py, images)?.unbind(),
             latents,
             infotexts: g.infotexts,
             adapter_report: g.adapters.to_string(),
             unapplied_keys,
+            skipped_embeddings,
         })
     }
 }

@@ -62,6 +62,17 @@ def test_objects_paths_and_tags_give_the_same_image(pipe: sdrs.Pipeline) -> None
     assert np.array_equal(by_object.latents, by_tags.latents)
     assert not np.array_equal(by_object.latents, plain.latents)
     assert plain.adapter_report == "" and plain.unapplied_keys == {}
+    assert plain.skipped_embeddings == {}
+
+
+def test_embedding_of_another_family_is_reported(pipe: sdrs.Pipeline) -> None:
+    sdxl = sdrs.Embedding(FIXTURES / "ti" / "ti-sdxl.safetensors")
+    result = pipe.generate(
+        "ti-sdxl and ti-alpha", width=64, height=64, steps=1, embeddings=[sdxl, TI]
+    )
+    assert list(result.skipped_embeddings) == ["ti-sdxl"]
+    assert "another model family" in result.skipped_embeddings["ti-sdxl"]
+    assert "embedding skipped: `ti-sdxl`" in result.adapter_report
 
 
 def test_prompt_options(pipe: sdrs.Pipeline) -> None:

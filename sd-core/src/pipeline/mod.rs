@@ -18,7 +18,7 @@ mod request;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-pub use adapters::{AdapterReport, HypernetworkUse};
+pub use adapters::{AdapterReport, HypernetworkUse, SkippedEmbedding};
 pub use conditioning::{Conditioning, PromptSyntax, UsedEmbedding};
 pub use request::{GenerateRequest, MAX_BATCH, MAX_IMAGE_SIDE, MAX_STEPS};
 
@@ -304,7 +304,8 @@ impl Pipeline {
         let parsed = self.parse(request)?;
         let set = self.adapter_set(request, parsed.extra_networks())?;
         let models = self.models(&set)?;
-        self.encode(request, &parsed, &set, &models)
+        let embeddings = self.embeddings(request, &set, &models);
+        self.encode(request, &parsed, &embeddings, &models)
     }
 
     /// Generates images. `progress` is called after every denoising step on the calling thread;
@@ -322,8 +323,19 @@ impl Pipeline {
         let parsed = self.parse(request)?;
         let set = self.adapter_set(request, parsed.extra_networks())?;
         let models = self.models(&set)?;
-        let conditioning = self.encode(request, &parsed, &set, &models)?;
-        self.run(request, &conditioning, &set, &models, progress)
+        let embeddings = self.embeddings(request, &set, &models);
+        let conditioning = self.encode(request, &parsed, &embeddings, &models)?;
+        let mut generation = self.run(request, &conditioning, &set, &models, progress)?;
+        generation.adapters.embeddings_skipped = embeddings
+            .skipped()
+            .iter()
+            .zip(embeddings.skip_reasons())
+            .map(|(name, reason)| SkippedEmbedding {
+                name: name.clone(),
+                reason: reason.clone(),
+            })
+            .collect();
+        Ok(generation)
     }
 
     /// [`generate`](Self::generate) with the text conditioning given instead of computed from
@@ -386,26 +398,35 @@ impl Pipeline {
         )?))
     }
 
+    /// The embeddings the request's prompts can trigger: those bundled in its LoRAs first, so
+    /// that one of the same name given by the caller wins (EmbeddingSet keeps the later of two
+    /// names), as in A1111.
+    fn embeddings(
+        &self,
+        request: &GenerateRequest,
+        set: &AdapterSet,
+        models: &Models<'_>,
+    ) -> EmbeddingSet {
+        let mut embeddings = set.bundled_embeddings();
+        embeddings.extend(request.embeddings.iter().cloned());
+        EmbeddingSet::new(
+            &self.tokenizer,
+            models.text_encoder().config().hidden_size,
+            &embeddings,
+        )
+    }
+
     fn encode(
         &self,
         request: &GenerateRequest,
         parsed: &ParsedPrompts,
-        set: &AdapterSet,
+        embeddings: &EmbeddingSet,
         models: &Models<'_>,
     ) -> Result<Conditioning> {
-        // Embeddings bundled in LoRAs first, so that one of the same name given by the caller
-        // wins (EmbeddingSet keeps the later of two names), as in A1111.
-        let mut embeddings = set.bundled_embeddings();
-        embeddings.extend(request.embeddings.iter().cloned());
-        let embeddings = EmbeddingSet::new(
-            &self.tokenizer,
-            models.text_encoder().config().hidden_size,
-            &embeddings,
-        );
         parsed.encode(
             &self.tokenizer,
             models.text_encoder(),
-            &embeddings,
+            embeddings,
             &EncodeOptions {
                 clip_skip: request.clip_skip,
                 emphasis: request.emphasis,

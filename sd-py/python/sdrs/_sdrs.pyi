@@ -58,10 +58,14 @@ class GenerationResult:
         """One A1111-style parameters text per image."""
     @property
     def adapter_report(self) -> str:
-        """What the LoRAs and hypernetworks did (empty without adapters)."""
+        """What the adapters did: LoRA modules and keys not applied, hypernetwork warnings,
+        embeddings skipped (empty without adapters)."""
     @property
     def unapplied_keys(self) -> dict[str, list[tuple[str, str]]]:
         """Per LoRA name, every key of its file that was not applied, with the reason."""
+    @property
+    def skipped_embeddings(self) -> dict[str, str]:
+        """Per embedding name, why the prompts could not use it (its name stayed text)."""
     def __len__(self) -> int: ...
     def __getitem__(self, index: int, /) -> Any: ...
     def __iter__(self) -> Iterator[Any]: ...
