@@ -59,7 +59,8 @@ adapters (each flag may be given several times; they apply in the order given):
   --lora PATH[:STRENGTH]  a LoRA / LyCORIS file (.safetensors, .pt, .ckpt, .bin) at STRENGTH
                           (default 1); PATH:TE:UNET gives separate text-encoder and UNet strengths
   --embedding PATH        a textual-inversion embedding, triggered by writing its name (the file
-                          name without extension) in the prompt
+                          name without extension) in the prompt (a1111 prompt syntax only);
+                          one made for another model family is skipped, and said so
   --hypernetwork PATH[:STRENGTH]
                           an AUTOMATIC1111 hypernetwork (.pt) at STRENGTH (default 1)
   --lora-dir DIR          folder where <lora:NAME:TE:UNET> tags in the prompt are looked up
@@ -108,6 +109,13 @@ fn path_and_strengths(flag: &str, value: &str, max: usize) -> Result<(PathBuf, V
             break;
         };
         let Ok(x) = tail.parse::<f32>() else {
+            // `FILE:word` where FILE exists and `FILE:word` does not: a mistyped strength
+            // rather than a file name with a colon in it.
+            if !Path::new(path).exists() && Path::new(head).is_file() {
+                return Err(format!(
+                    "{flag}: strength `{tail}` (after {head}) is not a number"
+                ));
+            }
             break;
         };
         if !x.is_finite() {
@@ -438,7 +446,7 @@ fn main() -> ExitCode {
             }
         },
         Err(e) => {
-            eprintln!("error: {e}\n\n{USAGE}");
+            eprintln!("error: {e}\n(txt2img --help lists every flag)");
             ExitCode::from(2)
         }
     }

@@ -354,10 +354,41 @@ fn adapter_flag_errors_are_specific() {
             .output()
             .expect("run");
         assert_eq!(out.status.code(), Some(2), "{flag} {value}");
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains(flag),
-            "{flag} {value}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag), "{flag} {value}: {err}");
+        // The message, with a pointer to --help, not the whole help text.
+        assert!(err.lines().count() <= 2, "{flag} {value}: {err}");
     }
+
+    // A mistyped strength after an existing file is named as such, not as a missing file.
+    let lora = fixture("lora/kohya_locon.safetensors");
+    let out = txt2img()
+        .args([
+            "--prompt",
+            "x",
+            "--lora",
+            &format!("{}:abc", lora.display()),
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--lora: strength `abc`"), "{err}");
+
+    // A full model checkpoint given as a LoRA is refused, saying what it is.
+    let model = fixture("tiny-sd.safetensors");
+    let out = txt2img()
+        .args([
+            "--prompt",
+            "x",
+            "--steps",
+            "1",
+            "--lora",
+            model.to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("full model checkpoint"), "{err}");
 }

@@ -428,6 +428,20 @@ fn zero_strength_changes_nothing_and_is_reported() {
             .iter()
             .all(|s| s.reason == SkipReason::ZeroStrength && s.key.starts_with("lora_te_"))
     );
+    // The report's text counts them on one line rather than listing each.
+    let count = skipped.len();
+    let text = sd_core::pipeline::AdapterReport {
+        loras: report,
+        ..Default::default()
+    }
+    .to_string();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.contains(&format!(
+            "  not applied: {count} keys of a part at strength 0"
+        )),
+        "{text}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -768,4 +782,43 @@ fn other_key_spellings_patch_the_same_weights() {
     for (name, t) in &a {
         assert_eq!(t.to_vec().ok(), b[name].to_vec().ok(), "{name}");
     }
+}
+
+#[test]
+fn a_file_without_lora_tensors_is_refused_saying_what_it_is() {
+    // A full model checkpoint given as a LoRA: every key is a model weight.
+    let err = memory_lora(
+        "model",
+        &[
+            (
+                "model.diffusion_model.input_blocks.0.0.weight",
+                &[4],
+                ramp(4, 0.1),
+            ),
+            ("first_stage_model.decoder.conv_in.bias", &[4], ramp(4, 0.1)),
+            (
+                "model.diffusion_model.time_embed.0.bias",
+                &[4],
+                ramp(4, 0.1),
+            ),
+        ],
+    )
+    .expect_err("a full checkpoint is no LoRA");
+    let msg = err.to_string();
+    assert_eq!(err.kind(), ErrorKind::InvalidModel, "{msg}");
+    assert!(
+        msg.contains("model.safetensors")
+            && msg.contains("no LoRA or LyCORIS tensors")
+            && msg.contains("none of its 3 keys")
+            && msg.contains("full model checkpoint"),
+        "{msg}"
+    );
+    // Other tensors only: no guess at what the file is.
+    let err = memory_lora("stray", &[("optimizer_step", &[1], vec![3.0])]).expect_err("stray");
+    let msg = err.to_string();
+    assert!(msg.contains("`optimizer_step`"), "{msg}");
+    assert!(!msg.contains("full model"), "{msg}");
+    // No tensors at all.
+    let err = memory_lora("empty", &[]).expect_err("empty");
+    assert!(err.to_string().contains("holds no tensors"), "{err}");
 }

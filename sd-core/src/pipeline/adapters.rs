@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use crate::adapters::lora::SkipReason;
 use crate::adapters::{
     AdapterLibrary, Embedding, Hypernetwork, HypernetworkReport, HypernetworkStack, LoraReport,
     LoraUse, apply_loras,
@@ -46,12 +47,27 @@ pub struct AdapterReport {
     /// What each hypernetwork acted on, with warnings (for instance no module for the model's
     /// text-conditioning width); `None` without hypernetworks.
     pub hypernetworks: Option<HypernetworkReport>,
+    /// The textual-inversion embeddings given that the prompts could not use (made for another
+    /// model family, or with a name that has no tokens), with the reason. Their names stay
+    /// ordinary prompt text, as in A1111, which lists them as skipped.
+    pub embeddings_skipped: Vec<SkippedEmbedding>,
+}
+
+/// A textual-inversion embedding left out of a generation, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedEmbedding {
+    /// The embedding's name (its trigger word).
+    pub name: String,
+    /// Why it was left out, for instance its width against the text encoder's.
+    pub reason: String,
 }
 
 impl std::fmt::Display for AdapterReport {
     /// One line per LoRA (`lora NAME: N modules applied (text encoder S, UNet S)`), one indented
-    /// line per key not applied (`  not applied: KEY: REASON`), one line per hypernetwork
-    /// warning; nothing without adapters.
+    /// line per key not applied (`  not applied: KEY: REASON`; keys of a part at strength 0
+    /// counted on one line), one line per hypernetwork
+    /// warning, one line per embedding skipped (`embedding skipped: REASON`, the reason naming it); nothing
+    /// without adapters.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for lora in &self.loras.loras {
             writeln!(
@@ -62,14 +78,26 @@ impl std::fmt::Display for AdapterReport {
                 lora.text_encoder_strength,
                 lora.unet_strength
             )?;
+            // A part at strength 0 leaves every key of it out on purpose: one line says so.
+            let mut at_zero = 0;
             for skipped in &lora.skipped {
-                writeln!(f, "  not applied: {}: {}", skipped.key, skipped.reason)?;
+                if skipped.reason == SkipReason::ZeroStrength {
+                    at_zero += 1;
+                } else {
+                    writeln!(f, "  not applied: {}: {}", skipped.key, skipped.reason)?;
+                }
+            }
+            if at_zero > 0 {
+                writeln!(f, "  not applied: {at_zero} keys of a part at strength 0")?;
             }
         }
         if let Some(hn) = &self.hypernetworks {
             for warning in &hn.warnings {
                 writeln!(f, "hypernetwork warning: {warning}")?;
             }
+        }
+        for skipped in &self.embeddings_skipped {
+            writeln!(f, "embedding skipped: {}", skipped.reason)?;
         }
         Ok(())
     }
@@ -310,6 +338,7 @@ impl ModelVariant {
             report: AdapterReport {
                 loras,
                 hypernetworks,
+                embeddings_skipped: Vec::new(),
             },
         })
     }

@@ -36,10 +36,46 @@ struct Group {
 /// Scalar parts: one value each.
 const SCALAR_PARTS: &[&str] = &["alpha", "scale", "on_input"];
 
+/// LyCORIS part names that are also the last component of a plain model weight's name.
+const BARE_MODEL_PARTS: &[&str] = &["bias", "scale"];
+
+/// The error for a file none of whose keys is a LoRA tensor: empty, or (most often) a full
+/// model checkpoint given as a LoRA.
+fn nothing_to_apply(file: &str, keys: &[String]) -> Error {
+    let Some(first) = keys.first() else {
+        return Error::invalid_file(file, "holds no tensors, so no LoRA or LyCORIS module");
+    };
+    let full_model = keys.iter().any(|k| {
+        [
+            "model.diffusion_model.",
+            "first_stage_model.",
+            "cond_stage_model.",
+        ]
+        .iter()
+        .any(|prefix| k.starts_with(prefix))
+    });
+    let hint = if full_model {
+        "; it is a full model checkpoint (original-layout weights): load it as the model, or \
+         extract a LoRA from it"
+    } else {
+        ""
+    };
+    Error::invalid_file(
+        file,
+        format!(
+            "holds no LoRA or LyCORIS tensors: none of its {} keys (the first `{}`) is a LoRA \
+             tensor name{hint}",
+            keys.len(),
+            escape_untrusted(first)
+        ),
+    )
+}
+
 /// Parses the tensors of `source`.
 ///
 /// # Errors
-/// [`Error::InvalidFile`] naming the file and the tensor for NaN or infinite values, a scalar
+/// [`Error::InvalidFile`] naming the file: for a file with no LoRA tensor at all (a full
+/// model checkpoint, say), and naming the tensor for NaN or infinite values, a scalar
 /// part that is not one value, two keys that spell the same tensor of a module, malformed
 /// PEFT metadata; read errors of the file.
 pub(crate) fn parse(source: &LoraSource) -> Result<Parsed> {
@@ -98,6 +134,17 @@ pub(crate) fn parse(source: &LoraSource) -> Result<Parsed> {
                 reason: SkipReason::UnrecognisedKey,
             }),
         }
+    }
+
+    // Bare `.bias`/`.scale` tensors are model weights unless a LoRA part sits beside them.
+    let lora_like = groups.iter().any(|g| {
+        g.parts
+            .parts
+            .keys()
+            .any(|p| !BARE_MODEL_PARTS.contains(&p.as_str()))
+    });
+    if !lora_like && bundles.is_empty() && other_family.is_none() {
+        return Err(nothing_to_apply(&file, &source.names()));
     }
 
     let mut modules = Vec::new();

@@ -107,9 +107,10 @@ impl Lora {
     /// # Errors
     /// [`Error::FileNotFound`](crate::Error::FileNotFound) / [`Error::Io`](crate::Error::Io);
     /// the readers' errors for a malformed file or a refused pickle;
-    /// [`Error::InvalidFile`](crate::Error::InvalidFile) naming the tensor for NaN or infinite
-    /// values, a scalar (`alpha`, `scale`) that is not one value, two keys for one tensor of a
-    /// module, or malformed PEFT metadata.
+    /// [`Error::InvalidFile`](crate::Error::InvalidFile) for a file with no LoRA tensor at all
+    /// (a full model checkpoint, say), or naming the tensor for NaN or infinite values, a
+    /// scalar (`alpha`, `scale`) that is not one value, two keys for one tensor of a module, or
+    /// malformed PEFT metadata.
     pub fn open(path: impl AsRef<Path>) -> Result<Lora> {
         Self::open_with(path, ReadMode::Mmap)
     }
