@@ -104,6 +104,8 @@ fn wrong_kinds_of_file_are_refused_with_the_path() {
             "{name}: {msg}"
         );
     }
+    let msg = load_err(&dir.join("empty.safetensors")).to_string();
+    assert!(msg.ends_with("an empty file (0 bytes)"), "{msg}");
     let err = load_err(&dir.join("does-not-exist.safetensors"));
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
 }

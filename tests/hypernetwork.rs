@@ -238,6 +238,14 @@ fn bad_files_are_refused_with_specific_errors() {
     assert!(err.to_string().contains("a safetensors file"), "{err}");
     let err = Hypernetwork::open(fixture("ti/ti-alpha.pt")).expect_err("an embedding");
     assert!(err.to_string().contains("hypernetwork"), "{err}");
+    let empty = common::tempdir("hypernetwork-empty").join("empty.pt");
+    std::fs::write(&empty, b"").expect("write");
+    let err = Hypernetwork::open(&empty).expect_err("empty");
+    assert!(
+        err.to_string()
+            .ends_with("empty.pt: an empty file (0 bytes)"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -314,6 +314,12 @@ fn broken_containers_are_refused() -> Result<()> {
     let err = Embedding::open(write("noise.pt", b"just some text, not a tensor file"))
         .expect_err("noise");
     assert!(err.to_string().contains("not an embedding file"), "{err}");
+    let err = Embedding::open(write("zero.pt", b"")).expect_err("empty");
+    assert!(
+        err.to_string()
+            .ends_with("zero.pt: an empty file (0 bytes)"),
+        "{err}"
+    );
 
     // A PNG without embedding: no text chunk and nothing in its pixels.
     let plain = sd_core::image::RgbImage::filled(8, 8, [200, 120, 90])?;

@@ -206,7 +206,8 @@ pub fn open_tensor_source(path: &Path, mode: ReadMode) -> Result<Arc<dyn TensorS
             path.display(),
             kind.describe()
         ))),
-        FileKind::Empty | FileKind::Unknown => {
+        FileKind::Empty => Err(Error::invalid_file(path, "an empty file (0 bytes)")),
+        FileKind::Unknown => {
             let hex: String = head.iter().take(16).map(|b| format!("{b:02x} ")).collect();
             Err(Error::invalid_file(
                 path,

@@ -217,6 +217,9 @@ const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
 
 /// Routes a file by its first bytes.
 fn read_content(path: &Path, bytes: &[u8]) -> Result<FileContent> {
+    if bytes.is_empty() {
+        return Err(Error::invalid_file(path, "an empty file (0 bytes)"));
+    }
     if bytes.starts_with(PNG_MAGIC) {
         return image::read_image(path, bytes);
     }

@@ -269,6 +269,9 @@ fn open_pickle(path: &Path) -> Result<CkptFile> {
         .take(64)
         .read_to_end(&mut head)
         .map_err(|e| Error::io(path, e))?;
+    if head.is_empty() {
+        return Err(Error::invalid_file(path, "an empty file (0 bytes)"));
+    }
     let looks_like_safetensors = head.len() > 8 && head[8] == b'{' && {
         let mut n = [0u8; 8];
         n.copy_from_slice(&head[..8]);
