@@ -311,6 +311,62 @@ fn hostile_files_are_refused_without_running_anything() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The magic-number pickle a legacy (non-zip) `torch.save` writes first, in pickle protocol
+/// `proto` (2 to 5; from 4 on inside a FRAME).
+fn legacy_magic(proto: u8) -> Vec<u8> {
+    let mut v = vec![0x80, proto];
+    if proto >= 4 {
+        v.push(0x95);
+        v.extend_from_slice(&13u64.to_le_bytes());
+    }
+    v.extend_from_slice(&[
+        0x8a, 10, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
+    ]);
+    v.push(b'.');
+    v
+}
+
+#[test]
+fn legacy_files_of_refused_pickle_protocols_are_named() {
+    let dir = tempdir("legacy-protocols");
+    let out = dir.join("o.safetensors");
+    // A legacy file written with pickle_protocol=4 or 5: refused by default (protocol-4
+    // opcodes), and said to be what it is rather than "not a torch checkpoint".
+    for proto in [4u8, 5] {
+        let f = dir.join(format!("p{proto}.pt"));
+        let mut bytes = legacy_magic(proto);
+        bytes.extend_from_slice(&[
+            0x80, proto, 0x95, 4, 0, 0, 0, 0, 0, 0, 0, b'M', 0xe9, 3, b'.',
+        ]);
+        std::fs::write(&f, &bytes).expect("write");
+        let o = run(&["--scan", p(&f)]);
+        let (stdout, stderr) = (text(&o.stdout), text(&o.stderr));
+        assert_eq!(o.status.code(), Some(1), "{stdout}{stderr}");
+        assert!(
+            stdout.contains("format: torch legacy (pre-1.6, non-zip)")
+                && stdout.contains(&format!("written with pickle protocol {proto}"))
+                && !stdout.contains("not a torch checkpoint"),
+            "{stdout}"
+        );
+        let o = run(&[p(&f), p(&out)]);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("legacy-format") && err.contains(&format!("pickle protocol {proto}")),
+            "{err}"
+        );
+    }
+    // Text protocols 0 and 1 spell the magic number in decimal.
+    let f = dir.join("p0.pt");
+    std::fs::write(&f, b"L119547037146038801333356L\n.I1001\n.").expect("write");
+    let o = run(&["--scan", p(&f)]);
+    let stdout = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("text pickle protocol 0 or 1"), "{stdout}");
+    assert!(!out.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn usage_and_io_errors_exit_2() {
     let dir = tempdir("usage");

@@ -455,6 +455,12 @@ fn p04_stack_global_is_off_by_default_and_checked_when_on() {
     ]);
     let e = both("P4", &p);
     assert_eq!(e.kind, K::UnsupportedOpcode { op: 0x93 });
+    // The message names the opcode and the switch that accepts it.
+    let msg = e.to_string();
+    assert!(
+        msg.contains("0x93 (STACK_GLOBAL") && msg.contains("allow_protocol4"),
+        "{msg}"
+    );
     let l = Limits {
         allow_protocol4: true,
         ..Limits::default()
@@ -1510,7 +1516,22 @@ fn l01b_the_magic_number_is_read_whatever_the_pickle_protocol() {
         };
         let ck = open_with(b.clone(), &l).expect("protocol 4/5 with allow_protocol4");
         assert_eq!(ck.read_f32("w").expect("read"), vec![0.0, 1.0, 2.0]);
-        assert_ne!(open_err(b).kind, K::NotACheckpoint, "protocol {proto}");
+        // Without it, the file is named for what it is.
+        let e = open_err(b);
+        assert_eq!(
+            e.kind,
+            K::Protocol4Off {
+                what: "a torch legacy-format (non-zip) checkpoint",
+                protocol: proto
+            }
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("legacy-format")
+                && msg.contains(&format!("pickle protocol {proto}"))
+                && msg.contains("allow_protocol4"),
+            "{msg}"
+        );
     }
     // Anything else at the start is still not the torch magic.
     let magic = |proto: u8, frame: Option<u64>, value: [u8; 10]| {

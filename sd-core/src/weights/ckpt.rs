@@ -769,7 +769,18 @@ fn legacy_pickle(
 }
 
 fn parse_legacy(data: &[u8], limits: &Limits) -> LResult<Parsed> {
-    let (_protocol, mut pos) = legacy_magic(data).ok_or(LoadError::new(K::NotACheckpoint))?;
+    let (protocol, mut pos) = legacy_magic(data).ok_or(LoadError::new(K::NotACheckpoint))?;
+    // Protocols 4 and 5 frame every pickle and use the protocol-4 opcodes throughout: say what
+    // the file is up front rather than failing on the `FRAME` of its next pickle.
+    if protocol >= 4 && !limits.allow_protocol4 {
+        return Err(LoadError::at(
+            K::Protocol4Off {
+                what: "a torch legacy-format (non-zip) checkpoint",
+                protocol,
+            },
+            Location::File { offset: 0 },
+        ));
+    }
     let (proto, next) = legacy_pickle(data, pos, limits, PersistentIds::Forbidden, "protocol")?;
     if proto.root() != Value::Int(1001) {
         return Err(LoadError::at(

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
 
-use super::ckpt::{CkptFile, CkptFormat};
+use super::ckpt::{self, CkptFile, CkptFormat, ContainerFormat};
 use super::layout::{FileKind, sniff};
 use super::pickle::{Limits, escape};
 use super::safetensors::{RawTensor, SafetensorsFile, write_safetensors_raw};
@@ -224,8 +224,29 @@ impl Input {
     }
 }
 
+/// What a file's first bytes say it is: the general kind, and which torch container (if any).
+#[derive(Clone, Copy)]
+struct Kind {
+    file: FileKind,
+    container: ContainerFormat,
+}
+
+impl Kind {
+    /// The file's kind in words, for reports.
+    fn describe(self) -> String {
+        match self.container {
+            ContainerFormat::TorchLegacy => LEGACY.to_string(),
+            ContainerFormat::Refused(f) => f.to_string(),
+            _ => describe_kind(self.file).to_string(),
+        }
+    }
+}
+
+/// How reports name the legacy container.
+const LEGACY: &str = "torch legacy (pre-1.6, non-zip)";
+
 /// The kind of file at `path`, from its first bytes. Errors are I/O errors only.
-fn file_kind(path: &Path) -> Result<FileKind> {
+fn file_kind(path: &Path) -> Result<Kind> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {
         return Err(Error::io(
@@ -237,7 +258,10 @@ fn file_kind(path: &Path) -> Result<FileKind> {
     std::fs::File::open(path)
         .and_then(|f| f.take(512).read_to_end(&mut head))
         .map_err(|e| Error::io(path, e))?;
-    Ok(sniff(&head, meta.len()))
+    Ok(Kind {
+        file: sniff(&head, meta.len()),
+        container: ckpt::sniff(&head),
+    })
 }
 
 fn describe_kind(kind: FileKind) -> &'static str {
@@ -253,16 +277,16 @@ fn describe_kind(kind: FileKind) -> &'static str {
     }
 }
 
-fn open_input(path: &Path, kind: FileKind) -> Result<Input> {
-    match kind {
+fn open_input(path: &Path, kind: Kind) -> Result<Input> {
+    match kind.file {
         FileKind::Safetensors => Ok(Input::Safetensors(SafetensorsFile::open(path)?)),
         FileKind::Zip | FileKind::Pickle => Ok(Input::Ckpt(Box::new(CkptFile::open(
             path,
             &Limits::default(),
         )?))),
-        other => Err(Error::InvalidFile {
+        _ => Err(Error::InvalidFile {
             path: path.to_path_buf(),
-            reason: format!("{}, not a checkpoint sdrs reads", describe_kind(other)),
+            reason: format!("{}, not a checkpoint sdrs reads", kind.describe()),
         }),
     }
 }
@@ -285,7 +309,7 @@ pub fn scan_checkpoint(path: impl AsRef<Path>) -> Result<ScanReport> {
     let kind = file_kind(path)?;
     let refused = |reason: String| ScanReport {
         path: path.to_path_buf(),
-        format: describe_kind(kind).to_string(),
+        format: kind.describe(),
         tensors: Vec::new(),
         metadata: BTreeMap::new(),
         globals: Vec::new(),
@@ -309,7 +333,7 @@ pub fn scan_checkpoint(path: impl AsRef<Path>) -> Result<ScanReport> {
                  unreferenced storage records)",
                 escape(prefix)
             ),
-            CkptFormat::Legacy => "torch legacy (pre-1.6, non-zip)".to_string(),
+            CkptFormat::Legacy => LEGACY.to_string(),
         },
     };
     let src = file.source();

@@ -146,6 +146,15 @@ pub enum LoadErrorKind {
     Unsupported(&'static str),
     /// An unsupported format or protocol version.
     UnsupportedVersion(String),
+    /// A file written with pickle protocol 4 or 5 while
+    /// [`Limits::allow_protocol4`](super::Limits::allow_protocol4) is off: every pickle in it
+    /// uses the protocol-4 opcodes.
+    Protocol4Off {
+        /// What the file is, in words.
+        what: &'static str,
+        /// The pickle protocol it was written with.
+        protocol: u8,
+    },
     /// The data is stored big-endian (or the byte order is unknown).
     UnsupportedByteOrder,
     /// A problem with the zip container.
@@ -256,10 +265,23 @@ impl fmt::Display for LoadErrorKind {
             K::Malformed(why) => write!(f, "malformed: {why}"),
             K::Unsupported(what) => write!(f, "unsupported: {what}"),
             K::UnsupportedVersion(v) => write!(f, "unsupported version `{}`", escape(v)),
+            K::Protocol4Off { what, protocol } => write!(
+                f,
+                "{what} written with pickle protocol {protocol}; its protocol-4 opcodes \
+                 (FRAME, MEMOIZE, SHORT_BINUNICODE, STACK_GLOBAL) are refused unless \
+                 Limits::allow_protocol4 is set"
+            ),
             K::UnsupportedByteOrder => write!(f, "unsupported byte order (only little-endian)"),
             K::Zip(p) => write!(f, "zip container: {p}"),
             K::Io(kind) => write!(f, "i/o error: {kind}"),
-            K::UnsupportedOpcode { op } => write!(f, "refused pickle opcode {op:#04x}"),
+            K::UnsupportedOpcode { op } => match protocol4_opcode(*op) {
+                Some(name) => write!(
+                    f,
+                    "refused pickle opcode {op:#04x} ({name}, written by pickle protocols 3/4 and \
+                     later; accepted only with Limits::allow_protocol4)"
+                ),
+                None => write!(f, "refused pickle opcode {op:#04x}"),
+            },
             K::ForbiddenGlobal { module, name } => write!(
                 f,
                 "refused global `{}.{}` (not on the allow-list)",
@@ -306,6 +328,19 @@ impl fmt::Display for LoadErrorKind {
             }
         }
     }
+}
+
+/// The name of an opcode of the optional protocol 3/4 tier.
+fn protocol4_opcode(op: u8) -> Option<&'static str> {
+    Some(match op {
+        0x8c => "SHORT_BINUNICODE",
+        b'B' => "BINBYTES",
+        b'C' => "SHORT_BINBYTES",
+        0x94 => "MEMOIZE",
+        0x95 => "FRAME",
+        0x93 => "STACK_GLOBAL",
+        _ => return None,
+    })
 }
 
 /// Where in the input an error was found.
@@ -374,6 +409,7 @@ impl LoadError {
             LoadErrorKind::UnsupportedFormat(_)
             | LoadErrorKind::Unsupported(_)
             | LoadErrorKind::UnsupportedVersion(_)
+            | LoadErrorKind::Protocol4Off { .. }
             | LoadErrorKind::UnsupportedByteOrder
             | LoadErrorKind::UnsupportedOpcode { .. }
             | LoadErrorKind::UnsupportedDtype(_) => E::Unsupported,
