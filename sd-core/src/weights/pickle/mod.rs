@@ -80,7 +80,11 @@ pub struct Limits {
     /// buffers, summed over the file. `None` (the default) means the size of the file.
     pub max_materialized_bytes: Option<u64>,
     /// Accept the protocol 3/4 opcodes (`SHORT_BINUNICODE`, `BINBYTES`, `SHORT_BINBYTES`,
-    /// `MEMOIZE`, `FRAME`, `STACK_GLOBAL`). `torch.save` never writes them. Default off.
+    /// `MEMOIZE`, `FRAME`, `STACK_GLOBAL`). `torch.save` writes pickle protocol 2 unless asked
+    /// otherwise; with `pickle_protocol=4` or `5` (zip or legacy format) every pickle it writes
+    /// uses these opcodes, and with `pickle_protocol=3` a `bytes` value becomes
+    /// `SHORT_BINBYTES`/`BINBYTES`. Such files are refused while this is off, with an error
+    /// that names the opcode (or, for a legacy-format file, the protocol). Default off.
     pub allow_protocol4: bool,
     /// Accept the inert metadata globals that training checkpoints carry (Lightning callback
     /// classes, `torch.float16`-style dtypes, numpy scalars and dtypes, `_rebuild_tensor_v3`,
