@@ -935,6 +935,135 @@ fn p25_cycles_terminate() {
 }
 
 #[test]
+fn p25b_a_dict_shared_under_several_keys_gives_every_path() {
+    // sd = {"w": tensor, "inner": {"b": tensor}}; torch.save({"enc": sd, "dec": sd}): the second
+    // reference is a BINGET of the memoized dict, and torch.load gives both paths.
+    let t = tensor(&storage("FloatStorage", "0", 2), 0, &[2], &[1]);
+    let sd = cat(&[
+        b"}q\x01(",
+        &s("w"),
+        &t,
+        &s("inner"),
+        b"}(",
+        &s("b"),
+        &t,
+        b"uu",
+    ]);
+    let p = cat(&[PROTO2, b"}(", &s("enc"), &sd, &s("dec"), b"h\x01u."]);
+    let ck = open(torch_zip(&p, &[("0", &f32_bytes(2))])).expect("accepted");
+    assert_eq!(
+        ck.tensor_names(),
+        ["enc.w", "enc.inner.b", "dec.w", "dec.inner.b"]
+    );
+    for name in ck.tensor_names() {
+        assert_eq!(ck.read_f32(&name).expect("read"), [0.0, 1.0], "{name}");
+    }
+    // The same under a Lightning-style `state_dict` entry, with one dict shared three levels
+    // down and at the top.
+    let p = cat(&[
+        PROTO2,
+        b"}(",
+        &s("state_dict"),
+        b"}(",
+        &s("model"),
+        &sd,
+        &s("model_ema"),
+        b"}(",
+        &s("copy"),
+        b"h\x01uu",
+        &s("global_step"),
+        &int(7),
+        b"u.",
+    ]);
+    let ck = open(torch_zip(&p, &[("0", &f32_bytes(2))])).expect("accepted");
+    assert_eq!(
+        ck.tensor_names(),
+        [
+            "model.w",
+            "model.inner.b",
+            "model_ema.copy.w",
+            "model_ema.copy.inner.b"
+        ]
+    );
+    assert_eq!(
+        ck.metadata().get("global_step").map(String::as_str),
+        Some("7")
+    );
+}
+
+#[test]
+fn p25c_shared_dict_paths_are_bounded() {
+    // d_0 = {"w": tensor}; d_i = {"a": d_{i-1}, "b": d_{i-1}}: 2^64 paths in ~1 KB.
+    let t = tensor(&storage("FloatStorage", "0", 2), 0, &[2], &[1]);
+    // Written as CPython would: d_i = `}` BINPUT i `(` "a" <d_{i-1}> "b" BINGET i-1 `u`.
+    let mut v = cat(&[b"}r", &0u32.to_le_bytes(), b"(", &s("w"), &t, b"u"]);
+    for i in 1..=64u32 {
+        v = cat(&[
+            b"}r",
+            &i.to_le_bytes(),
+            b"(",
+            &s("a"),
+            &v,
+            &s("b"),
+            b"j",
+            &(i - 1).to_le_bytes(),
+            b"u",
+        ]);
+    }
+    let p = dict1("m", &v);
+    let e = open_err(torch_zip(&p, &[("0", &f32_bytes(2))]));
+    assert!(
+        matches!(
+            e.kind,
+            K::LimitExceeded {
+                limit: "max_state_dict_entries" | "max_name_bytes",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("read once per key"), "{e}");
+    // The entry limit itself, with a generous name budget.
+    let l = Limits {
+        max_name_bytes: Some(1 << 30),
+        max_state_dict_entries: 10_000,
+        ..limits()
+    };
+    let e = open_with(torch_zip(&p, &[("0", &f32_bytes(2))]), &l).expect_err("refused");
+    assert_eq!(
+        e.kind,
+        K::LimitExceeded {
+            limit: "max_state_dict_entries",
+            value: 10_001
+        }
+    );
+    // Long names without any sharing: one dict under a 60 000-byte key holding 200 000 keys
+    // that all name one tensor (9 bytes of pickle each) would flatten to 12 GB of names.
+    let mut p = cat(&[PROTO2, b"}(", &s(&"p".repeat(60_000)), b"}"]);
+    p.extend(cat(&[&s("w0"), &t, b"q\x02s"]));
+    for batch in 0..200 {
+        p.push(b'(');
+        for i in 0..1000 {
+            p.extend(s(&format!("{:x}", batch * 1000 + i + 1)));
+            p.extend_from_slice(b"h\x02");
+        }
+        p.push(b'u');
+    }
+    p.extend_from_slice(b"u.");
+    let e = open_err(torch_zip(&p, &[("0", &f32_bytes(2))]));
+    assert!(
+        matches!(
+            e.kind,
+            K::LimitExceeded {
+                limit: "max_name_bytes",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
 fn p26_unhashable_keys() {
     for key in [&b"]"[..], b"}"] {
         let p = cat(&[PROTO2, b"}", key, b"Ns."]);

@@ -324,7 +324,15 @@ impl fmt::Display for LoadErrorKind {
             }
             K::UnsupportedDtype(d) => write!(f, "unsupported dtype `{}`", escape(d)),
             K::LimitExceeded { limit, value } => {
-                write!(f, "limit `{limit}` exceeded ({value})")
+                write!(f, "limit `{limit}` exceeded ({value})")?;
+                match *limit {
+                    "max_state_dict_entries" | "max_name_bytes" => write!(
+                        f,
+                        ": too many flattened names; a dict reached under several keys is \
+                         read once per key"
+                    ),
+                    _ => Ok(()),
+                }
             }
         }
     }

@@ -1,7 +1,9 @@
 //! Extraction: the shapes Stable Diffusion files take, read out of a [`Document`].
 //!
-//! Every walker here uses an explicit stack, remembers the containers it visited and stops at
-//! [`Limits::max_depth`], so shared or cyclic structures cost no more than their size.
+//! Every walker here uses an explicit stack and stops at [`Limits::max_depth`]. The embedding
+//! and hypernetwork readers look at fixed places only; the state-dict walker reads a dict shared
+//! under several keys once per key (as `torch.load` gives it), cuts cycles, and is bounded by
+//! [`Limits::max_state_dict_entries`] and [`Limits::max_name_bytes`].
 
 use std::collections::{HashMap, HashSet};
 
@@ -43,12 +45,24 @@ fn dict_id(v: Value) -> Option<ObjId> {
     }
 }
 
+/// What the state-dict walker charges per tensor name it keeps, beyond the name's bytes (the
+/// name's entry in the tensor list and in the name index).
+const NAME_OVERHEAD: u64 = 32;
+
 /// Reads the tensors of a checkpoint (A1111's rule: the `state_dict` entry if the root has one
 /// and it is a dict, else the root itself) and the root's scalar metadata.
 ///
+/// Nested string-keyed dicts are flattened with `.`. A dict reached under several keys (one
+/// object pickled once and referenced again, as `torch.save({"a": sd, "b": sd})` writes it) is
+/// read under each of them, as `torch.load` gives it under each; a dict inside itself is cut
+/// where it repeats (counted as ignored). Because sharing lets a small file describe
+/// exponentially many paths, the walk is bounded by [`Limits::max_state_dict_entries`] and
+/// [`Limits::max_name_bytes`].
+///
 /// # Errors
 /// `Malformed` if the root is not a dict, `DuplicateKey` if two entries flatten to the same
-/// name, `LimitExceeded` for nesting beyond `max_depth` or a name beyond 64 KiB.
+/// name, `LimitExceeded` for nesting beyond `max_depth`, a name beyond 64 KiB, more entries
+/// walked than `max_state_dict_entries` or more name bytes than `max_name_bytes`.
 pub fn extract_state_dict(doc: &Document, limits: &Limits) -> Result<StateDict, LoadError> {
     let root = doc.root();
     let root_entries = doc
@@ -64,10 +78,28 @@ pub fn extract_state_dict(doc: &Document, limits: &Limits) -> Result<StateDict, 
         Some(sd @ Value::Dict(_)) => sd,
         _ => root,
     };
-    let mut names: HashSet<String> = HashSet::new();
-    let mut visited: HashSet<ObjId> = HashSet::new();
+    let name_budget = limits
+        .max_name_bytes
+        .unwrap_or_else(|| doc.pickle_bytes().saturating_mul(8).saturating_add(1 << 20));
+    let mut name_bytes = 0u64;
+    let mut charge = |bytes: usize| -> Result<(), LoadError> {
+        name_bytes = name_bytes
+            .saturating_add(bytes as u64)
+            .saturating_add(NAME_OVERHEAD);
+        if name_bytes > name_budget {
+            return Err(K::LimitExceeded {
+                limit: "max_name_bytes",
+                value: name_bytes,
+            }
+            .into());
+        }
+        Ok(())
+    };
+    let mut walked = 0u64;
+    // The dicts on the current path: a dict met again among its own ancestors is a cycle.
+    let mut on_path: HashSet<ObjId> = HashSet::new();
     if let Some(id) = dict_id(base) {
-        visited.insert(id);
+        on_path.insert(id);
     }
     // Depth-first with explicit frames (dict, name prefix, next entry), so names come out in
     // file order and nesting costs heap, not call stack.
@@ -80,15 +112,42 @@ pub fn extract_state_dict(doc: &Document, limits: &Limits) -> Result<StateDict, 
         let dict = frame.0;
         let entries = doc.dict(dict).unwrap_or(&[]);
         let Some(&(k, v)) = entries.get(frame.2) else {
+            if let Some(id) = dict_id(dict) {
+                on_path.remove(&id);
+            }
             frames.pop();
             continue;
         };
         frame.2 = frame.2.saturating_add(1);
+        walked = walked.saturating_add(1);
+        if walked > limits.max_state_dict_entries {
+            return Err(K::LimitExceeded {
+                limit: "max_state_dict_entries",
+                value: walked,
+            }
+            .into());
+        }
         let Some(key) = doc.str(k) else {
             out.ignored = out.ignored.saturating_add(1);
             continue;
         };
         let at_root = depth == 1 && base == root;
+        let nested = match v {
+            Value::Tensor(_) => false,
+            Value::Dict(id) if !(at_root && is_metadata_key(key)) => {
+                if on_path.contains(&id) {
+                    out.ignored = out.ignored.saturating_add(1);
+                    continue;
+                }
+                true
+            }
+            _ => {
+                if !(at_root && scalar_text(doc, v).is_some()) {
+                    out.ignored = out.ignored.saturating_add(1);
+                }
+                continue;
+            }
+        };
         let name_len = frame.1.len().saturating_add(key.len());
         if name_len > MAX_NAME {
             return Err(K::LimitExceeded {
@@ -97,19 +156,11 @@ pub fn extract_state_dict(doc: &Document, limits: &Limits) -> Result<StateDict, 
             }
             .into());
         }
+        charge(name_len)?;
         let name = format!("{}{key}", frame.1);
         match v {
-            Value::Tensor(t) => {
-                if !names.insert(name.clone()) {
-                    return Err(K::DuplicateKey(name).into());
-                }
-                out.tensors.push((name, t));
-            }
-            Value::Dict(id) if !(at_root && is_metadata_key(key)) => {
-                if !visited.insert(id) {
-                    out.ignored = out.ignored.saturating_add(1);
-                    continue;
-                }
+            Value::Tensor(t) if !nested => out.tensors.push((name, t)),
+            Value::Dict(id) => {
                 if depth >= limits.max_depth {
                     return Err(K::LimitExceeded {
                         limit: "max_depth",
@@ -117,14 +168,17 @@ pub fn extract_state_dict(doc: &Document, limits: &Limits) -> Result<StateDict, 
                     }
                     .into());
                 }
-                frames.push((v, format!("{name}."), 0));
+                on_path.insert(id);
+                frames.push((v, name + ".", 0));
             }
-            _ => {
-                if !(at_root && scalar_text(doc, v).is_some()) {
-                    out.ignored = out.ignored.saturating_add(1);
-                }
-            }
+            _ => {}
         }
+    }
+    // Names are unique (torch would keep the last of two equal keys; only a crafted file has
+    // them). Checked once at the end, without copying the names.
+    let mut seen: HashSet<&str> = HashSet::with_capacity(out.tensors.len());
+    if let Some((dup, _)) = out.tensors.iter().find(|(n, _)| !seen.insert(n)) {
+        return Err(K::DuplicateKey(dup.clone()).into());
     }
     Ok(out)
 }

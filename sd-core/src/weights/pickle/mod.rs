@@ -8,9 +8,11 @@
 //! hostile file can at worst produce an error.
 //!
 //! Values live in an arena ([`Document`]) and refer to each other by id: memo references, shared
-//! sub-objects and cycles cost nothing to copy, and every walker over the result is iterative and
-//! visits each object once. Every length, count and offset read from the file is checked against
-//! the bytes left and the [`Limits`] before it is used.
+//! sub-objects and cycles cost nothing to copy, and every walker over the result is iterative.
+//! The state-dict walker reads a dict shared under several keys once per key, as `torch.load`
+//! gives it, within [`Limits::max_state_dict_entries`] and [`Limits::max_name_bytes`]. Every
+//! length, count and offset read from the file is checked against the bytes left and the
+//! [`Limits`] before it is used.
 //!
 //! The containers around the pickle (the torch zip format and the legacy format) live in
 //! [`crate::weights::ckpt`]; this module only sees the pickle bytes and records which storages the
@@ -76,6 +78,17 @@ pub struct Limits {
     pub max_ndim: usize,
     /// Most entries in a zip central directory. Default 2 Mi.
     pub max_entries: u64,
+    /// Most dict entries the state-dict reader walks while it flattens nested dicts into tensor
+    /// names. A dict reached under several keys (one object pickled once and referenced again,
+    /// as `torch.save({"a": sd, "b": sd})` writes it) is read once per key path, as `torch.load`
+    /// gives it under each, so a small hostile file can describe exponentially many paths:
+    /// this bounds the walk. Default 4 Mi.
+    pub max_state_dict_entries: u64,
+    /// Most bytes of flattened tensor names the state-dict reader builds (each name counts its
+    /// length plus 32). `None` (the default) means 8 × the pickle's size + 1 MiB, which keeps
+    /// the names within a small multiple of the file even when dicts are shared or nested
+    /// under long prefixes.
+    pub max_name_bytes: Option<u64>,
     /// Most bytes that non-contiguous tensors may need when they are copied into contiguous
     /// buffers, summed over the file. `None` (the default) means the size of the file.
     pub max_materialized_bytes: Option<u64>,
@@ -115,6 +128,8 @@ impl Default for Limits {
             max_tensors: 1 << 20,
             max_ndim: 8,
             max_entries: 2 << 20,
+            max_state_dict_entries: 4 << 20,
+            max_name_bytes: None,
             max_materialized_bytes: None,
             allow_protocol4: false,
             allow_metadata_globals: true,

@@ -288,6 +288,8 @@ pub struct Document {
     /// file (before torch's module renames). All of them were accepted, since a refused global
     /// fails the whole run.
     pub globals: Vec<GlobalRef>,
+    /// Bytes of pickle the document was read from (up to and including `STOP`).
+    pub(crate) pickle_bytes: u64,
 }
 
 /// One `GLOBAL` opcode: the module and name a pickle asks for, and where.
@@ -443,6 +445,11 @@ impl Document {
     /// The storage a `Storage` id refers to.
     pub fn storage(&self, id: StorageId) -> Option<&StorageDecl> {
         self.storages.get(id.index())
+    }
+
+    /// Bytes of pickle the document was read from (up to and including its `STOP`).
+    pub fn pickle_bytes(&self) -> u64 {
+        self.pickle_bytes
     }
 
     /// Number of arena objects (strings and containers), a measure of the document's size.

@@ -96,6 +96,7 @@ pub(crate) fn run(
                 storages: vm.storages,
                 tensors: vm.tensors,
                 globals: vm.globals,
+                pickle_bytes: vm.pos as u64,
             },
             vm.pos,
         )),
