@@ -64,7 +64,7 @@ pub enum ContainerFormat {
 /// Classifies a file by its content only. A safetensors file whose header length happens to
 /// start with `80 02` is still recognised as safetensors: the pickle path is taken only for
 /// the exact torch magic numbers (the legacy one in any of the encodings pickle protocols 2 to
-/// 5 give it; see [`legacy_magic`]).
+/// 5 give it).
 pub fn sniff(data: &[u8]) -> ContainerFormat {
     if data.starts_with(b"PK\x03\x04") {
         return ContainerFormat::TorchZip;
