@@ -1022,7 +1022,7 @@ fn p25c_shared_dict_paths_are_bounded() {
         ),
         "{e}"
     );
-    assert!(e.to_string().contains("read once per key"), "{e}");
+    assert!(e.to_string().contains("counts once per key"), "{e}");
     // The entry limit itself, with a generous name budget.
     let l = Limits {
         max_name_bytes: Some(1 << 30),
@@ -1059,6 +1059,95 @@ fn p25c_shared_dict_paths_are_bounded() {
                 ..
             }
         ),
+        "{e}"
+    );
+}
+
+/// A pickle `{"w": tensor, "l": [ITEM × n]}` of about `bytes` bytes, the items appended in
+/// batches of 1000 as CPython writes a list; memo 0 holds the string "w".
+fn dense_list(item: &[u8], bytes: usize) -> Vec<u8> {
+    let t = tensor(&storage("FloatStorage", "0", 4), 0, &[4], &[1]);
+    let mut p = cat(&[PROTO2, b"}(", &s("w"), b"q\x00", &t, &s("l"), b"]"]);
+    let batch = cat(&[b"(", &item.repeat(1000), b"e"]);
+    while p.len() + batch.len() < bytes {
+        p.extend_from_slice(&batch);
+    }
+    p.extend_from_slice(b"u.");
+    p
+}
+
+#[test]
+fn p31_pickles_dense_in_small_objects_stay_within_the_memory_bound() {
+    // 16 MB of empty dicts (the review's input: it peaked at 2.33 GB, 145 × its size), then
+    // the other one-to-three-byte objects. Each is refused by the heap budget or loads within
+    // the documented bound (asserted by `bounded` inside `open`).
+    let mb = 16 << 20;
+    for (what, item, refused) in [
+        ("empty dicts", &b"}"[..], true),
+        ("empty lists", b"]", true),
+        ("empty tuples", b")", true),
+        ("empty strings", b"U\x00", true),
+        ("pairs of None", b"NN\x86", true),
+        ("one-entry dicts", b"}h\x00Ns", true),
+        ("memo references", b"h\x00", false),
+        ("memoized Nones", b"Nq\x01", false),
+    ] {
+        let p = dense_list(item, mb);
+        match open(torch_zip(&p, &[("0", &f32_bytes(4))])) {
+            Ok(ck) => {
+                assert!(!refused, "{what}: accepted");
+                assert_eq!(ck.tensor_names(), ["w"]);
+            }
+            Err(e) => assert!(
+                matches!(
+                    e.kind,
+                    K::LimitExceeded {
+                        limit: "max_heap_per_byte",
+                        ..
+                    }
+                ),
+                "{what}: {e}"
+            ),
+        }
+    }
+    // 1 000 000 distinct int keys in one dict: accepted, within the bound.
+    let mut p = cat(&[PROTO2, b"}"]);
+    for b in 0..1000u32 {
+        p.push(b'(');
+        for i in 0..1000u32 {
+            p.extend(int((b * 1000 + i) as i32));
+            p.push(b'N');
+        }
+        p.push(b'u');
+    }
+    p.push(b'.');
+    let doc = bounded("1M keys", p.len(), || vm(&p)).expect("accepted");
+    assert_eq!(doc.dict(doc.root()).map(<[_]>::len), Some(1_000_000));
+    // A tuple of 1000 memo references to one 4 MiB string, used as a dict key: copied into the
+    // dict's index it would take 4 GB.
+    let mut p = cat(&[PROTO2, b"}(", &s(&"k".repeat(4 << 20)), b"q\x01"]);
+    p.extend(b"h\x01".repeat(999));
+    p.extend_from_slice(b"tNs.");
+    let e = vm_err("key bomb", &p);
+    assert!(
+        matches!(
+            e.kind,
+            K::LimitExceeded {
+                limit: "key size (string bytes)",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // A lower budget is honoured, with an error that names it.
+    let l = Limits {
+        max_heap_per_byte: 4,
+        ..limits()
+    };
+    let p = dense_list(b"N", 4 << 20);
+    let e = unpickle(&p, &l, PersistentIds::Zip, 1 << 30).expect_err("over budget");
+    assert!(
+        e.to_string().contains("limit `max_heap_per_byte` exceeded"),
         "{e}"
     );
 }

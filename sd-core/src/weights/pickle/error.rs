@@ -328,8 +328,8 @@ impl fmt::Display for LoadErrorKind {
                 match *limit {
                     "max_state_dict_entries" | "max_name_bytes" => write!(
                         f,
-                        ": too many flattened names; a dict reached under several keys is \
-                         read once per key"
+                        ": the state dict flattens to too many names (a dict reached under \
+                         several keys counts once per key)"
                     ),
                     _ => Ok(()),
                 }

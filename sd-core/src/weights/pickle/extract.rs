@@ -45,9 +45,10 @@ fn dict_id(v: Value) -> Option<ObjId> {
     }
 }
 
-/// What the state-dict walker charges per tensor name it keeps, beyond the name's bytes (the
-/// name's entry in the tensor list and in the name index).
-const NAME_OVERHEAD: u64 = 32;
+/// What the state-dict walker charges per name it builds, beyond twice the name's bytes (a
+/// kept name is held twice, in the tensor list and in the opened file's name index, and each
+/// copy has an entry in a list or hash table).
+const NAME_OVERHEAD: u64 = 160;
 
 /// Reads the tensors of a checkpoint (A1111's rule: the `state_dict` entry if the root has one
 /// and it is a dict, else the root itself) and the root's scalar metadata.
@@ -78,13 +79,15 @@ pub fn extract_state_dict(doc: &Document, limits: &Limits) -> Result<StateDict, 
         Some(sd @ Value::Dict(_)) => sd,
         _ => root,
     };
-    let name_budget = limits
-        .max_name_bytes
-        .unwrap_or_else(|| doc.pickle_bytes().saturating_mul(8).saturating_add(1 << 20));
+    let name_budget = limits.max_name_bytes.unwrap_or_else(|| {
+        doc.pickle_bytes()
+            .saturating_mul(16)
+            .saturating_add(1 << 20)
+    });
     let mut name_bytes = 0u64;
     let mut charge = |bytes: usize| -> Result<(), LoadError> {
         name_bytes = name_bytes
-            .saturating_add(bytes as u64)
+            .saturating_add((bytes as u64).saturating_mul(2))
             .saturating_add(NAME_OVERHEAD);
         if name_bytes > name_budget {
             return Err(K::LimitExceeded {

@@ -48,12 +48,18 @@ pub use vm::{PersistentIds, unpickle};
 /// needs (an SDXL `data.pkl` is about 1 MB and holds about 2,500 tensors) and small enough that a
 /// hostile file cannot make the process use more than a small multiple of its pickle's size.
 ///
-/// Memory bound: the interpreter's peak heap is O(pickle bytes), because every opcode consumes at
-/// least one input byte and allocates at most one arena object, one stack slot and one memo
-/// entry; strings are bounded by the bytes that hold them. The hostile-input tests assert a peak
-/// of at most 64 × input bytes + 4 MiB and measure about 9–12 × on adversarial inputs (a 3.3 MB
-/// pickle with 200,000 dict keys peaks at 29 MB). Tensor data is never part of this: it stays in
-/// the memory map until a tensor is read.
+/// Memory bound: the interpreter counts the heap it holds (the capacities of its arena, stack,
+/// memo and declaration tables, and what every string, container, dict index and tensor
+/// declaration owns) and refuses the pickle with `LimitExceeded("max_heap_per_byte")` as soon
+/// as the count passes [`Limits::max_heap_per_byte`] bytes per pickle byte read so far plus
+/// 1 MiB. The state-dict reader charges the names it builds against
+/// [`Limits::max_name_bytes`] (by default 16 × the pickle's size + 1 MiB). With the defaults,
+/// opening a checkpoint therefore holds at most about 56 × its pickle's size + 2 MiB: genuine
+/// checkpoints measure 10–25 ×, and pickles dense in small objects (millions of empty dicts,
+/// lists, tuples or strings, memo-shared keys) are refused when they reach the budget. The
+/// hostile-input tests measure the peak with a counting allocator and assert at most
+/// 64 × input bytes + 4 MiB. Tensor data is never part of this: it stays in the memory map
+/// until a tensor is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Largest pickle accepted, in bytes. Default 64 MiB.
@@ -76,6 +82,12 @@ pub struct Limits {
     pub max_tensors: usize,
     /// Most dimensions of one tensor. Default 8.
     pub max_ndim: usize,
+    /// The interpreter's heap budget: it may hold at most this many bytes per pickle byte read
+    /// so far, plus 1 MiB. It counts what it allocates (the capacities of its arena, stack,
+    /// memo and declaration tables, what each string, container, dict index and tensor
+    /// declaration owns) and refuses the pickle as soon as the count passes the budget. Genuine
+    /// checkpoints need at most about 20 bytes per pickle byte. Default 40.
+    pub max_heap_per_byte: u64,
     /// Most entries in a zip central directory. Default 2 Mi.
     pub max_entries: u64,
     /// Most dict entries the state-dict reader walks while it flattens nested dicts into tensor
@@ -84,10 +96,10 @@ pub struct Limits {
     /// gives it under each, so a small hostile file can describe exponentially many paths:
     /// this bounds the walk. Default 4 Mi.
     pub max_state_dict_entries: u64,
-    /// Most bytes of flattened tensor names the state-dict reader builds (each name counts its
-    /// length plus 32). `None` (the default) means 8 × the pickle's size + 1 MiB, which keeps
-    /// the names within a small multiple of the file even when dicts are shared or nested
-    /// under long prefixes.
+    /// Most bytes of flattened tensor names the state-dict reader builds, counted as the heap
+    /// they take (each name twice its length plus 160). `None` (the default) means 16 × the
+    /// pickle's size + 1 MiB, which keeps the names within a small multiple of the file even
+    /// when dicts are shared or nested under long prefixes (genuine checkpoints need 1–3 ×).
     pub max_name_bytes: Option<u64>,
     /// Most bytes that non-contiguous tensors may need when they are copied into contiguous
     /// buffers, summed over the file. `None` (the default) means the size of the file.
@@ -127,6 +139,7 @@ impl Default for Limits {
             max_storages: 1 << 20,
             max_tensors: 1 << 20,
             max_ndim: 8,
+            max_heap_per_byte: 40,
             max_entries: 2 << 20,
             max_state_dict_entries: 4 << 20,
             max_name_bytes: None,

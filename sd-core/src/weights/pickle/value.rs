@@ -246,12 +246,12 @@ pub(crate) enum Key {
     Global(Global),
 }
 
-/// An insertion-ordered dict with a randomly seeded hash index (keys are attacker-chosen).
+/// The entries of a non-empty dict, insertion-ordered, with a randomly seeded hash index (keys
+/// are attacker-chosen).
 #[derive(Debug, Default)]
 pub(crate) struct DictObj {
     pub(crate) entries: Vec<(Value, Value)>,
     pub(crate) index: HashMap<Key, usize>,
-    pub(crate) ordered: bool,
 }
 
 /// An object in the arena.
@@ -261,7 +261,12 @@ pub(crate) enum Obj {
     Bytes(Box<[u8]>),
     Tuple(Box<[Value]>),
     List(Vec<Value>),
-    Dict(Box<DictObj>),
+    /// A dict; `entries` is allocated at the first insertion (most dicts in a checkpoint, such
+    /// as every tensor's `backward_hooks`, stay empty).
+    Dict {
+        ordered: bool,
+        entries: Option<Box<DictObj>>,
+    },
     Set(Vec<Value>),
     Object {
         kind: ObjectKind,
@@ -372,7 +377,7 @@ impl Document {
     pub fn dict(&self, v: Value) -> Option<&[(Value, Value)]> {
         match v {
             Value::Dict(id) => match self.obj(id)? {
-                Obj::Dict(d) => Some(&d.entries),
+                Obj::Dict { entries, .. } => Some(entries.as_ref().map_or(&[], |d| &d.entries)),
                 _ => None,
             },
             _ => None,
@@ -382,7 +387,7 @@ impl Document {
     /// Whether a `Dict` value is an `OrderedDict`.
     pub fn is_ordered_dict(&self, v: Value) -> bool {
         match v {
-            Value::Dict(id) => matches!(self.obj(id), Some(Obj::Dict(d)) if d.ordered),
+            Value::Dict(id) => matches!(self.obj(id), Some(Obj::Dict { ordered: true, .. })),
             _ => false,
         }
     }
@@ -391,7 +396,8 @@ impl Document {
     pub fn dict_get(&self, v: Value, key: &str) -> Option<Value> {
         match v {
             Value::Dict(id) => match self.obj(id)? {
-                Obj::Dict(d) => {
+                Obj::Dict { entries, .. } => {
+                    let d = entries.as_ref()?;
                     let i = *d.index.get(&Key::Str(key.into()))?;
                     d.entries.get(i).map(|e| e.1)
                 }
@@ -405,7 +411,8 @@ impl Document {
     pub fn dict_get_int(&self, v: Value, key: i64) -> Option<Value> {
         match v {
             Value::Dict(id) => match self.obj(id)? {
-                Obj::Dict(d) => {
+                Obj::Dict { entries, .. } => {
+                    let d = entries.as_ref()?;
                     let i = *d.index.get(&Key::Int(key))?;
                     d.entries.get(i).map(|e| e.1)
                 }

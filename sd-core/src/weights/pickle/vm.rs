@@ -87,6 +87,7 @@ pub(crate) fn run(
         op_offset: 0,
         bad_views: HashMap::new(),
         globals: Vec::new(),
+        heap: 0,
     };
     match vm.execute() {
         Ok(root) => Ok((
@@ -133,13 +134,76 @@ struct Vm<'a> {
     bad_views: HashMap<TensorId, usize>,
     /// Every `GLOBAL` read, accepted or not, in file order.
     globals: Vec<GlobalRef>,
+    /// Heap bytes held by what the arena objects, declarations and strings own (what
+    /// [`Vm::footprint`] does not read from a collection's capacity).
+    heap: u64,
 }
 
 /// Most nodes in one hashable key (a tuple of tuples of …): keeps a memo-shared tuple used as a
 /// key from expanding exponentially.
 const MAX_KEY_NODES: usize = 1024;
+/// Most string bytes in one hashable key (a dict key or set item is copied into the dict's
+/// index): keeps a tuple of memo references to one long string from multiplying it.
+const MAX_KEY_BYTES: usize = 1 << 20;
 /// Longest `module` or `name` line of a `GLOBAL`.
 const MAX_GLOBAL_LINE: usize = 256;
+/// Most arguments any allowed callable takes (`_rebuild_tensor_v3` with metadata).
+const MAX_ARGS: usize = 8;
+/// Heap the interpreter may hold beyond [`Limits::max_heap_per_byte`] × bytes read.
+pub(crate) const HEAP_SLACK: u64 = 1 << 20;
+
+/// Bytes a `HashMap` with this capacity allocates, over-estimated: `capacity` is 7/8 of the
+/// power-of-two bucket count, and each bucket holds one entry and one control byte, plus one
+/// group of trailing control bytes.
+fn table_bytes(capacity: usize, entry: usize) -> u64 {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = ((capacity as u64).saturating_mul(8) / 7).saturating_add(1);
+    buckets
+        .saturating_mul((entry as u64).saturating_add(1))
+        .saturating_add(16)
+}
+
+fn bytes_of_len(len: usize, size: usize) -> u64 {
+    (len as u64).saturating_mul(size as u64)
+}
+
+/// Heap bytes an arena object owns when it is created.
+fn obj_heap(obj: &Obj) -> u64 {
+    match obj {
+        Obj::Str(s) => s.len() as u64,
+        Obj::Bytes(b) => b.len() as u64,
+        Obj::Tuple(t) => bytes_of_len(t.len(), size_of::<Value>()),
+        Obj::List(l) | Obj::Set(l) => bytes_of_len(l.capacity(), size_of::<Value>()),
+        Obj::Dict { entries, .. } => entries.as_deref().map_or(0, dict_heap),
+        Obj::Object { .. } | Obj::NumpyDtype(_) => 0,
+    }
+}
+
+/// Heap bytes of a dict's entry list and index (not the keys' own strings).
+fn dict_heap(d: &DictObj) -> u64 {
+    (size_of::<DictObj>() as u64)
+        .saturating_add(bytes_of_len(
+            d.entries.capacity(),
+            size_of::<(Value, Value)>(),
+        ))
+        .saturating_add(table_bytes(d.index.capacity(), size_of::<(Key, usize)>()))
+}
+
+/// Heap bytes a key owns (its strings, its tuples' slices).
+fn key_heap(k: &Key) -> u64 {
+    match k {
+        Key::Str(s) => s.len() as u64,
+        Key::Bytes(b) => b.len() as u64,
+        Key::Tuple(t) => t
+            .iter()
+            .fold(bytes_of_len(t.len(), size_of::<Key>()), |a, k| {
+                a.saturating_add(key_heap(k))
+            }),
+        Key::None | Key::Bool(_) | Key::Int(_) | Key::Float(_) | Key::Global(_) => 0,
+    }
+}
 
 fn usize_of(v: u64) -> R<usize> {
     usize::try_from(v).map_err(|_| K::IntegerTooLarge)
@@ -190,9 +254,56 @@ impl<'a> Vm<'a> {
             limit: "objects",
             value: u64::from(u32::MAX),
         })?;
+        self.charge(obj_heap(&obj));
         self.objs.push(obj);
         self.depths.push(depth);
+        self.check_heap()?;
         Ok(ObjId(id))
+    }
+
+    // ---- the heap budget ----
+
+    fn charge(&mut self, bytes: u64) {
+        self.heap = self.heap.saturating_add(bytes);
+    }
+
+    /// Heap bytes the interpreter holds: the capacities of its own collections plus what the
+    /// objects in them own ([`Vm::heap`]). Over-estimates hash tables, never under-estimates.
+    fn footprint(&self) -> u64 {
+        [
+            self.heap,
+            bytes_of_len(self.objs.capacity(), size_of::<Obj>()),
+            bytes_of_len(self.depths.capacity(), size_of::<u32>()),
+            bytes_of_len(self.stack.capacity(), size_of::<Value>()),
+            bytes_of_len(self.marks.capacity(), size_of::<usize>()),
+            table_bytes(self.memo.capacity(), size_of::<(u32, Value)>()),
+            bytes_of_len(self.storages.capacity(), size_of::<StorageDecl>()),
+            table_bytes(
+                self.storage_keys.capacity(),
+                size_of::<(String, StorageId)>(),
+            ),
+            bytes_of_len(self.tensors.capacity(), size_of::<TensorDecl>()),
+            table_bytes(self.bad_views.capacity(), size_of::<(TensorId, usize)>()),
+            bytes_of_len(self.globals.capacity(), size_of::<GlobalRef>()),
+        ]
+        .iter()
+        .fold(0u64, |a, &b| a.saturating_add(b))
+    }
+
+    /// Refuses the pickle once the interpreter holds more than
+    /// `max_heap_per_byte × bytes read so far + HEAP_SLACK`.
+    fn check_heap(&self) -> R<()> {
+        let budget = (self.pos as u64)
+            .saturating_mul(self.limits.max_heap_per_byte)
+            .saturating_add(HEAP_SLACK);
+        let used = self.footprint();
+        if used > budget {
+            return Err(K::LimitExceeded {
+                limit: "max_heap_per_byte",
+                value: used,
+            });
+        }
+        Ok(())
     }
 
     fn push(&mut self, v: Value) -> R<()> {
@@ -226,11 +337,27 @@ impl<'a> Vm<'a> {
     }
 
     fn pop_mark(&mut self) -> R<Vec<Value>> {
+        let fence = self.pop_mark_at()?;
+        Ok(self.stack.split_off(fence))
+    }
+
+    /// Pops the innermost mark and returns its stack position; the values above it stay on
+    /// the stack (for the opcodes that move them into a container without a copy).
+    fn pop_mark_at(&mut self) -> R<usize> {
         let fence = self.marks.pop().ok_or(K::Malformed("no MARK to pop to"))?;
         if fence > self.stack.len() {
             return Err(K::StackUnderflow);
         }
-        Ok(self.stack.split_off(fence))
+        Ok(fence)
+    }
+
+    /// The value just below stack position `at`, which must lie above the innermost mark.
+    fn value_below(&self, at: usize) -> R<Value> {
+        let i = at.checked_sub(1).ok_or(K::StackUnderflow)?;
+        if i < self.fence() {
+            return Err(K::StackUnderflow);
+        }
+        self.stack.get(i).copied().ok_or(K::StackUnderflow)
     }
 
     fn top(&self) -> R<Value> {
@@ -275,6 +402,11 @@ impl<'a> Vm<'a> {
     /// Raises a container's recorded depth to cover a new child.
     fn grow_depth(&mut self, id: ObjId, child: Value) -> R<()> {
         let d = self.depth_of(child).saturating_add(1);
+        self.raise_depth(id, d)
+    }
+
+    /// Raises a container's recorded depth to `d`.
+    fn raise_depth(&mut self, id: ObjId, d: u32) -> R<()> {
         self.check_depth(d)?;
         if let Some(slot) = self.depths.get_mut(id.0 as usize)
             && *slot < d
@@ -299,11 +431,11 @@ impl<'a> Vm<'a> {
     }
 
     fn new_dict(&mut self, ordered: bool) -> R<Value> {
-        let d = DictObj {
+        let d = Obj::Dict {
             ordered,
-            ..DictObj::default()
+            entries: None,
         };
-        Ok(Value::Dict(self.alloc(Obj::Dict(Box::new(d)), 1)?))
+        Ok(Value::Dict(self.alloc(d, 1)?))
     }
 
     fn new_str(&mut self, s: &str) -> R<Value> {
@@ -343,24 +475,31 @@ impl<'a> Vm<'a> {
     fn dict_len(&self, v: Value) -> Option<usize> {
         match v {
             Value::Dict(id) => match self.objs.get(id.0 as usize)? {
-                Obj::Dict(d) => Some(d.entries.len()),
+                Obj::Dict { entries, .. } => Some(entries.as_ref().map_or(0, |d| d.entries.len())),
                 _ => None,
             },
             _ => None,
         }
     }
 
-    /// The hashable projection of a value, bounded in size.
+    /// The hashable projection of a value, bounded in size (nodes and string bytes).
     fn key_of(&self, v: Value) -> R<Key> {
-        let mut budget = MAX_KEY_NODES;
+        let mut budget = (MAX_KEY_NODES, MAX_KEY_BYTES);
         self.key_rec(v, &mut budget, 0)
     }
 
-    fn key_rec(&self, v: Value, budget: &mut usize, depth: usize) -> R<Key> {
-        *budget = budget.checked_sub(1).ok_or(K::LimitExceeded {
+    fn key_rec(&self, v: Value, budget: &mut (usize, usize), depth: usize) -> R<Key> {
+        budget.0 = budget.0.checked_sub(1).ok_or(K::LimitExceeded {
             limit: "key size",
             value: MAX_KEY_NODES as u64,
         })?;
+        let mut take_bytes = |n: usize| {
+            budget.1 = budget.1.checked_sub(n).ok_or(K::LimitExceeded {
+                limit: "key size (string bytes)",
+                value: n as u64,
+            })?;
+            Ok::<(), K>(())
+        };
         if depth > self.limits.max_depth {
             return Err(K::LimitExceeded {
                 limit: "max_depth",
@@ -372,12 +511,20 @@ impl<'a> Vm<'a> {
             Value::Bool(b) => Key::Bool(b),
             Value::Int(i) => Key::Int(i),
             Value::Float(f) => Key::Float(f.to_bits()),
-            Value::Str(_) => Key::Str(self.str_of(v).ok_or(K::UnhashableKey)?.into()),
-            Value::Bytes(_) => Key::Bytes(self.bytes_of(v).ok_or(K::UnhashableKey)?.into()),
+            Value::Str(_) => {
+                let s = self.str_of(v).ok_or(K::UnhashableKey)?;
+                take_bytes(s.len())?;
+                Key::Str(s.into())
+            }
+            Value::Bytes(_) => {
+                let b = self.bytes_of(v).ok_or(K::UnhashableKey)?;
+                take_bytes(b.len())?;
+                Key::Bytes(b.into())
+            }
             Value::Global(g) => Key::Global(g),
             Value::Tuple(_) => {
                 let items = self.tuple_of(v).ok_or(K::UnhashableKey)?;
-                let mut keys = Vec::with_capacity(items.len().min(*budget));
+                let mut keys = Vec::with_capacity(items.len().min(budget.0));
                 for &it in items {
                     keys.push(self.key_rec(it, budget, depth.saturating_add(1))?);
                 }
@@ -416,19 +563,29 @@ impl<'a> Vm<'a> {
         self.count_items(1)?;
         self.grow_depth(id, k)?;
         self.grow_depth(id, v)?;
-        let dup = self.describe_key(k);
-        let Some(Obj::Dict(d)) = self.objs.get_mut(id.0 as usize) else {
+        let key_bytes = key_heap(&key);
+        let Some(Obj::Dict { entries, .. }) = self.objs.get_mut(id.0 as usize) else {
             return Err(K::Malformed("dict id"));
         };
+        let (d, before) = match entries {
+            Some(d) => {
+                let before = dict_heap(d);
+                (d, before)
+            }
+            None => (entries.insert(Box::default()), 0),
+        };
         if d.index.contains_key(&key) {
-            return Err(K::DuplicateKey(dup));
+            return Err(K::DuplicateKey(self.describe_key(k)));
         }
         d.index.insert(key, d.entries.len());
         d.entries.push((k, v));
-        Ok(())
+        let grown = dict_heap(d).saturating_sub(before);
+        self.charge(grown.saturating_add(key_bytes));
+        self.check_heap()
     }
 
-    fn list_append(&mut self, target: Value, items: Vec<Value>, op: &'static str) -> R<()> {
+    /// Moves the stack values from position `from` up into the list `target`.
+    fn list_append(&mut self, target: Value, from: usize, op: &'static str) -> R<()> {
         let Value::List(id) = target else {
             return Err(K::TypeMismatch {
                 op,
@@ -436,15 +593,25 @@ impl<'a> Vm<'a> {
                 found: target.type_name(),
             });
         };
-        self.count_items(items.len())?;
-        for &it in &items {
-            self.grow_depth(id, it)?;
-        }
+        let items = self.stack.get(from..).ok_or(K::StackUnderflow)?;
+        let n = items.len();
+        let depth = items
+            .iter()
+            .map(|&it| self.depth_of(it))
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1);
+        self.count_items(n)?;
+        self.raise_depth(id, depth)?;
         let Some(Obj::List(l)) = self.objs.get_mut(id.0 as usize) else {
             return Err(K::Malformed("list id"));
         };
-        l.extend(items);
-        Ok(())
+        let before = l.capacity();
+        l.extend_from_slice(self.stack.get(from..).unwrap_or(&[]));
+        let grown = l.capacity().saturating_sub(before);
+        self.stack.truncate(from);
+        self.charge(bytes_of_len(grown, size_of::<Value>()));
+        self.check_heap()
     }
 
     fn memo_put(&mut self, id: u32) -> R<()> {
@@ -531,14 +698,15 @@ impl<'a> Vm<'a> {
                     self.push(s)?;
                 }
                 b'a' => {
-                    let v = self.pop()?;
-                    let target = self.top()?;
-                    self.list_append(target, vec![v], "APPEND")?;
+                    self.top()?;
+                    let from = self.stack.len().saturating_sub(1);
+                    let target = self.value_below(from)?;
+                    self.list_append(target, from, "APPEND")?;
                 }
                 b'e' => {
-                    let items = self.pop_mark()?;
-                    let target = self.top()?;
-                    self.list_append(target, items, "APPENDS")?;
+                    let from = self.pop_mark_at()?;
+                    let target = self.value_below(from)?;
+                    self.list_append(target, from, "APPENDS")?;
                 }
                 b's' => {
                     let v = self.pop()?;
@@ -547,9 +715,9 @@ impl<'a> Vm<'a> {
                     self.dict_insert(target, k, v)?;
                 }
                 b'u' => {
-                    let items = self.pop_mark()?;
-                    let target = self.top()?;
-                    if items.len() % 2 != 0 {
+                    let from = self.pop_mark_at()?;
+                    let target = self.value_below(from)?;
+                    if self.stack.len().saturating_sub(from) % 2 != 0 {
                         return Err(K::Malformed("SETITEMS with an odd number of items"));
                     }
                     if !matches!(target, Value::Dict(_)) {
@@ -559,11 +727,15 @@ impl<'a> Vm<'a> {
                             found: target.type_name(),
                         });
                     }
-                    for pair in items.chunks_exact(2) {
-                        if let [k, v] = *pair {
-                            self.dict_insert(target, k, v)?;
-                        }
+                    // Pairs are read in place: a batch of SETITEMS costs no copy.
+                    let mut i = from;
+                    while let (Some(&k), Some(&v)) =
+                        (self.stack.get(i), self.stack.get(i.saturating_add(1)))
+                    {
+                        self.dict_insert(target, k, v)?;
+                        i = i.saturating_add(2);
                     }
+                    self.stack.truncate(from);
                 }
                 b'N' => self.push(Value::None)?,
                 0x88 => self.push(Value::Bool(true))?,
@@ -628,6 +800,7 @@ impl<'a> Vm<'a> {
                 b'c' => {
                     let module = self.global_line()?;
                     let name = self.global_line()?;
+                    self.charge((module.len() as u64).saturating_add(name.len() as u64));
                     self.globals.push(GlobalRef {
                         module: module.to_string(),
                         name: name.to_string(),
@@ -646,13 +819,20 @@ impl<'a> Vm<'a> {
                             found: callable.type_name(),
                         });
                     };
-                    let Some(args) = self.tuple_of(args).map(<[Value]>::to_vec) else {
+                    let Some(args) = self.tuple_of(args) else {
                         return Err(K::TypeMismatch {
                             op: "REDUCE",
                             expected: "an argument tuple",
                             found: args.type_name(),
                         });
                     };
+                    if args.len() > MAX_ARGS {
+                        return Err(K::BadArgs {
+                            callable: g.name(),
+                            why: "too many arguments",
+                        });
+                    }
+                    let args = args.to_vec();
                     let v = self.call(g, &args)?;
                     self.push(v)?;
                 }
@@ -678,6 +858,7 @@ impl<'a> Vm<'a> {
                 }
                 _ => return Err(K::UnsupportedOpcode { op }),
             }
+            self.check_heap()?;
             first = false;
         }
     }
@@ -879,9 +1060,13 @@ impl<'a> Vm<'a> {
                 if !matches!(state, Value::None | Value::Dict(_)) {
                     return Err(bad("state is not a dict"));
                 }
-                let Some(inner) = self.tuple_of(*inner).map(<[Value]>::to_vec) else {
+                let Some(inner) = self.tuple_of(*inner) else {
                     return Err(bad("args is not a tuple"));
                 };
+                if inner.len() > MAX_ARGS {
+                    return Err(bad("too many arguments"));
+                }
+                let inner = inner.to_vec();
                 self.call(f, &inner)
             }
             Global::NumpyDtype => {
@@ -1106,6 +1291,10 @@ impl<'a> Vm<'a> {
             });
         }
         let id = TensorId(u32::try_from(self.tensors.len()).map_err(|_| K::IntegerTooLarge)?);
+        self.charge(bytes_of_len(
+            td.shape.capacity().saturating_add(td.strides.capacity()),
+            size_of::<usize>(),
+        ));
         self.tensors.push(td);
         Ok(id)
     }
@@ -1196,8 +1385,7 @@ impl<'a> Vm<'a> {
     fn persistent_load(&mut self, pid: Value) -> R<Value> {
         let items = self
             .tuple_of(pid)
-            .ok_or(K::BadPersistentId("not a tuple"))?
-            .to_vec();
+            .ok_or(K::BadPersistentId("not a tuple"))?;
         let tag = items
             .first()
             .copied()
@@ -1215,7 +1403,7 @@ impl<'a> Vm<'a> {
             }
             _ => return Err(K::BadPersistentId("not a ('storage', …) reference")),
         }
-        let (ty, key, location, numel) = match (self.pids, items.as_slice()) {
+        let (ty, key, location, numel) = match (self.pids, items) {
             (PersistentIds::Forbidden, _) => {
                 return Err(K::BadPersistentId(
                     "storage reference outside the data pickle",
@@ -1289,6 +1477,12 @@ impl<'a> Vm<'a> {
             });
         }
         let sid = StorageId(u32::try_from(self.storages.len()).map_err(|_| K::IntegerTooLarge)?);
+        // The key twice (declaration and index) and the location.
+        self.charge(
+            (key.len() as u64)
+                .saturating_mul(2)
+                .saturating_add(location.len() as u64),
+        );
         self.storage_keys.insert(key.clone(), sid);
         self.storages.push(StorageDecl {
             key,
