@@ -265,6 +265,66 @@ fn hostile_files_are_refused_without_running_anything() {
     assert!(text(&o.stderr).contains("posix.system"));
     assert!(!canary.exists(), "the payload ran");
 
+    // The scan of a refused file lists every global its pickle names, the ones after the
+    // first refused global included, and says which are refused and why.
+    let pkl = [
+        &[0x80, 2, b'}', b'('][..],
+        &s("a"),
+        b"ccollections\nOrderedDict\n)R",
+        &s("b"),
+        b"cposix\nsystem\n(",
+        &s(&cmd),
+        b"tR",
+        &s("c"),
+        b"cbuiltins\neval\n(",
+        &s("1"),
+        b"tR",
+        &s("d"),
+        b"cposix\nsystem\n(",
+        &s(&cmd),
+        b"tRu.",
+    ]
+    .concat();
+    let evil2 = dir.join("evil2.ckpt");
+    std::fs::write(&evil2, torch_zip(&pkl, &[])).expect("write");
+    let o = run(&["--scan", p(&evil2)]);
+    let stdout = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{stdout}");
+    let at = |needle: &[u8]| {
+        pkl.windows(needle.len())
+            .position(|w| w == needle)
+            .expect("in the pickle")
+    };
+    for needle in [
+        "reason: ".to_string(),
+        "globals: 3 distinct, 2 refused (read from the opcodes; nothing was run)".to_string(),
+        format!(
+            "  builtins.eval x1 (first at data.pkl byte {}) REFUSED: not on the allow-list",
+            at(b"cbuiltins")
+        ),
+        format!(
+            "  collections.OrderedDict x1 (first at data.pkl byte {})\n",
+            at(b"ccollections")
+        ),
+        format!(
+            "  posix.system x2 (first at data.pkl byte {}) REFUSED: not on the allow-list",
+            at(b"cposix")
+        ),
+    ] {
+        assert!(stdout.contains(&needle), "missing `{needle}` in:\n{stdout}");
+    }
+    // A container refused before its pickle is found says so.
+    let mut broken = torch_zip(&pkl, &[]);
+    let n = broken.len();
+    broken[n - 22] ^= 0xff; // the end-of-central-directory signature
+    std::fs::write(&evil2, &broken).expect("write");
+    let stdout = text(&run(&["--scan", p(&evil2)]).stdout);
+    assert!(
+        stdout.contains("globals: not listed (zip container:"),
+        "{stdout}"
+    );
+    assert!(!canary.exists(), "the payload ran");
+
     // A view reaching outside its storage is refused, naming the tensor.
     let mut pkl = vec![0x80, 2, b'}', b'('];
     pkl.extend(s("model.w"));

@@ -33,8 +33,9 @@ use crate::error::{Error, Result};
 type LResult<T> = std::result::Result<T, LoadError>;
 use crate::tensor::Shape;
 use crate::weights::pickle::{
-    self, Document, EmbeddingFile, Format, HypernetworkFile, Limits, LoadError, LoadErrorKind as K,
-    Location, PersistentIds, StateDict, TensorDecl, TensorId, Value, ZipProblem as Z,
+    self, Document, EmbeddingFile, Format, HypernetworkFile, Limits, ListedGlobal, LoadError,
+    LoadErrorKind as K, Location, PersistentIds, StateDict, TensorDecl, TensorId, Value,
+    ZipProblem as Z,
 };
 use crate::weights::store::{StoredDType, TensorInfo, TensorSource};
 
@@ -233,47 +234,7 @@ impl CkptFile {
     /// As [`CkptFile::open`].
     pub fn open_with(path: impl AsRef<Path>, limits: &Limits, access: Access) -> Result<CkptFile> {
         let path = path.as_ref();
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        if !meta.is_file() {
-            return Err(wrap(
-                path,
-                LoadError::new(K::Malformed("not a regular file")),
-            ));
-        }
-        let len = meta.len();
-        if len == 0 {
-            return Err(wrap(path, LoadError::new(K::NotACheckpoint)));
-        }
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let backing = match access {
-            Access::Mmap => {
-                // SAFETY: the map is read-only and private to this value; the bytes are only
-                // ever read through bounds-checked slices. The one hazard memmap2 documents —
-                // another process truncating the file while it is mapped (SIGBUS) — is
-                // documented on `Access::Mmap`, with `Access::Read` as the alternative.
-                let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-                Backing::Mmap(map)
-            }
-            Access::Read => {
-                let cap = usize::try_from(len).map_err(|_| {
-                    wrap(
-                        path,
-                        LoadError::new(K::LimitExceeded {
-                            limit: "file size",
-                            value: len,
-                        }),
-                    )
-                })?;
-                let mut buf = Vec::with_capacity(cap);
-                file.take(len)
-                    .read_to_end(&mut buf)
-                    .map_err(|e| Error::io(path, e))?;
-                if buf.len() as u64 != len {
-                    return Err(wrap(path, LoadError::new(K::Truncated)));
-                }
-                Backing::Owned(buf)
-            }
-        };
+        let backing = read_file(path, access)?;
         Self::from_backing(path.display().to_string(), backing, limits).map_err(|e| wrap(path, e))
     }
 
@@ -497,6 +458,132 @@ impl TensorSource for CkptFile {
     fn metadata(&self) -> HashMap<String, String> {
         self.state.metadata.iter().cloned().collect()
     }
+}
+
+/// One global a checkpoint's pickles name, found without running them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileGlobal {
+    /// The pickle it is in: `data.pkl` (zip format) or, for the legacy format, `protocol`,
+    /// `sys_info`, `object` or `key list`.
+    pub pickle: &'static str,
+    /// The global, its offset in that pickle and whether it would be refused.
+    pub global: ListedGlobal,
+}
+
+/// Every global the pickles of the checkpoint at `path` name, in file order, with whether the
+/// interpreter accepts each, found by walking the opcodes without running anything (see
+/// [`pickle::list_globals`]). Meant for reports on refused files: it lists what follows the
+/// first refused global too.
+///
+/// # Errors
+/// [`Error::FileNotFound`]/[`Error::Io`] for the file; [`Error::Checkpoint`] when the pickles
+/// cannot be located (a zip container that is refused, no `data.pkl`, a compressed `data.pkl`
+/// when DEFLATE is not allowed, not a torch checkpoint).
+pub fn list_file_globals(path: impl AsRef<Path>, limits: &Limits) -> Result<Vec<FileGlobal>> {
+    let path = path.as_ref();
+    let backing = read_file(path, Access::Mmap)?;
+    list_globals_in(backing.bytes(), limits).map_err(|e| wrap(path, e))
+}
+
+fn list_globals_in(data: &[u8], limits: &Limits) -> LResult<Vec<FileGlobal>> {
+    let mut out = Vec::new();
+    let mut add = |pickle: &'static str, listing: pickle::GlobalListing| {
+        out.extend(
+            listing
+                .globals
+                .into_iter()
+                .map(|global| FileGlobal { pickle, global }),
+        );
+        listing.end
+    };
+    match sniff(data) {
+        ContainerFormat::TorchZip => {
+            let entries = zip::read_entries(data, limits)?;
+            let prefix = entries
+                .first()
+                .and_then(|e| e.name.split_once('/'))
+                .map(|(p, _)| p)
+                .unwrap_or("");
+            let want = format!("{prefix}/data.pkl");
+            let pkl = entries
+                .iter()
+                .find(|e| e.name == want)
+                .ok_or(LoadError::new(K::Zip(Z::MissingDataPkl)))?;
+            let raw = pkl.raw(data)?;
+            let inflated;
+            let bytes: &[u8] = match pkl.method {
+                0 => raw,
+                8 if limits.allow_deflate => {
+                    inflated = inflate(raw, limits.max_pickle_bytes)?;
+                    &inflated
+                }
+                m => return Err(K::Zip(Z::UnsupportedMethod(m)).into()),
+            };
+            add("data.pkl", pickle::list_globals(bytes, limits));
+        }
+        ContainerFormat::TorchLegacy => {
+            let (_, mut pos) = legacy_magic(data).ok_or(LoadError::new(K::NotACheckpoint))?;
+            for name in ["protocol", "sys_info", "object", "key list"] {
+                let rest = data.get(pos..).unwrap_or(&[]);
+                match add(name, pickle::list_globals(rest, limits)) {
+                    Some(end) => pos = pos.saturating_add(end),
+                    None => break,
+                }
+            }
+        }
+        ContainerFormat::Refused(f) => return Err(K::UnsupportedFormat(f).into()),
+        ContainerFormat::Safetensors => {
+            return Err(K::UnsupportedFormat(Format::Safetensors).into());
+        }
+        ContainerFormat::Unknown => return Err(K::NotACheckpoint.into()),
+    }
+    Ok(out)
+}
+
+/// Holds a regular file's bytes as `access` says, reading nothing beyond its size at open time.
+fn read_file(path: &Path, access: Access) -> Result<Backing> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(wrap(
+            path,
+            LoadError::new(K::Malformed("not a regular file")),
+        ));
+    }
+    let len = meta.len();
+    if len == 0 {
+        return Err(wrap(path, LoadError::new(K::NotACheckpoint)));
+    }
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let backing = match access {
+        Access::Mmap => {
+            // SAFETY: the map is read-only and private to this value; the bytes are only
+            // ever read through bounds-checked slices. The one hazard memmap2 documents —
+            // another process truncating the file while it is mapped (SIGBUS) — is
+            // documented on `Access::Mmap`, with `Access::Read` as the alternative.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+            Backing::Mmap(map)
+        }
+        Access::Read => {
+            let cap = usize::try_from(len).map_err(|_| {
+                wrap(
+                    path,
+                    LoadError::new(K::LimitExceeded {
+                        limit: "file size",
+                        value: len,
+                    }),
+                )
+            })?;
+            let mut buf = Vec::with_capacity(cap);
+            file.take(len)
+                .read_to_end(&mut buf)
+                .map_err(|e| Error::io(path, e))?;
+            if buf.len() as u64 != len {
+                return Err(wrap(path, LoadError::new(K::Truncated)));
+            }
+            Backing::Owned(buf)
+        }
+    };
+    Ok(backing)
 }
 
 fn parse(data: &[u8], limits: &Limits) -> LResult<Parsed> {

@@ -82,10 +82,16 @@ pub struct ScannedGlobal {
     pub module: String,
     /// The name, as written in the file.
     pub name: String,
-    /// How many `GLOBAL` opcodes name it.
+    /// How many opcodes (`GLOBAL`, and `INST`/`STACK_GLOBAL` in refused files) name it.
     pub count: usize,
     /// Byte offset of the first one in its pickle.
     pub first_offset: u64,
+    /// The pickle it is first named in: `data.pkl` (zip format) or, for the legacy format,
+    /// `object` (or `protocol`, `sys_info`, `key list` for the header pickles).
+    pub pickle: &'static str,
+    /// Why it is refused (not on the allow-list, or named by a refused opcode); `None` for a
+    /// global the reader accepts. Always `None` in [`ScanReport::globals`].
+    pub refused: Option<&'static str>,
 }
 
 /// The outcome of a scan.
@@ -112,8 +118,16 @@ pub struct ScanReport {
     pub tensors: Vec<ScannedTensor>,
     /// Metadata: safetensors `__metadata__`, or a checkpoint's scalar entries.
     pub metadata: BTreeMap<String, String>,
-    /// Every global the pickle names (empty for safetensors).
+    /// Every global the pickle names, sorted by module and name, when the file is loadable
+    /// (all of them on the allow-list). Empty for safetensors and for a refused file (see
+    /// [`ScanReport::refused_file_globals`]).
     pub globals: Vec<ScannedGlobal>,
+    /// For a refused checkpoint: every global its pickles name, sorted by module and name,
+    /// found by reading the opcodes without running anything (the reader itself stops at the
+    /// first refused one), each with whether and why it is refused. `Err` with the reason when
+    /// the pickles could not be located (a refused zip container, for instance). Empty for a
+    /// loadable file and for files that are not checkpoints.
+    pub refused_file_globals: std::result::Result<Vec<ScannedGlobal>, String>,
     /// Checkpoint entries that are neither tensors nor dicts of tensors, skipped.
     pub ignored_entries: usize,
     /// Loadable or refused.
@@ -140,7 +154,25 @@ impl fmt::Display for ScanReport {
         writeln!(f, "format: {}", self.format)?;
         if let Verdict::Refused { reason } = &self.verdict {
             writeln!(f, "verdict: REFUSED (nothing was executed)")?;
-            return write!(f, "reason: {}", escape(reason));
+            write!(f, "reason: {}", escape(reason))?;
+            return match &self.refused_file_globals {
+                Ok(globals) if globals.is_empty() => Ok(()),
+                Ok(globals) => {
+                    let refused = globals.iter().filter(|g| g.refused.is_some()).count();
+                    write!(
+                        f,
+                        "\nglobals: {} distinct, {refused} refused (read from the opcodes; \
+                         nothing was run)",
+                        globals.len()
+                    )?;
+                    for g in globals {
+                        write!(f, "\n  ")?;
+                        write_global(f, g)?;
+                    }
+                    Ok(())
+                }
+                Err(why) => write!(f, "\nglobals: not listed ({})", escape(why)),
+            };
         }
         writeln!(f, "tensors: {}", self.tensors.len())?;
         let mut by_dtype: BTreeMap<String, (usize, u64)> = BTreeMap::new();
@@ -168,14 +200,9 @@ impl fmt::Display for ScanReport {
         }
         writeln!(f, "globals: {} distinct", self.globals.len())?;
         for g in &self.globals {
-            writeln!(
-                f,
-                "  {}.{} x{} (first at pickle byte {})",
-                escape(&g.module),
-                escape(&g.name),
-                g.count,
-                g.first_offset
-            )?;
+            write!(f, "  ")?;
+            write_global(f, g)?;
+            writeln!(f)?;
         }
         write!(
             f,
@@ -185,6 +212,46 @@ impl fmt::Display for ScanReport {
             self.ignored_entries
         )
     }
+}
+
+/// One line of the globals section: `module.name xN (first at <pickle> byte B)[ REFUSED: why]`.
+fn write_global(f: &mut fmt::Formatter<'_>, g: &ScannedGlobal) -> fmt::Result {
+    write!(
+        f,
+        "{}.{} x{} (first at {} byte {})",
+        escape(&g.module),
+        escape(&g.name),
+        g.count,
+        g.pickle,
+        g.first_offset
+    )?;
+    match g.refused {
+        Some(why) => write!(f, " REFUSED: {why}"),
+        None => Ok(()),
+    }
+}
+
+/// Groups globals by module and name (sorted), counting them and keeping the first place each
+/// is named and, if any occurrence is refused, the first reason.
+fn group_globals<'a>(
+    all: impl IntoIterator<Item = (&'a str, &'a str, &'static str, u64, Option<&'static str>)>,
+) -> Vec<ScannedGlobal> {
+    let mut by_name: BTreeMap<(&str, &str), ScannedGlobal> = BTreeMap::new();
+    for (module, name, pickle, offset, refused) in all {
+        let e = by_name
+            .entry((module, name))
+            .or_insert_with(|| ScannedGlobal {
+                module: module.to_string(),
+                name: name.to_string(),
+                count: 0,
+                first_offset: offset,
+                pickle,
+                refused: None,
+            });
+        e.count += 1;
+        e.refused = e.refused.or(refused);
+    }
+    by_name.into_values().collect()
 }
 
 /// What [`convert_to_safetensors`] wrote.
@@ -307,14 +374,39 @@ fn is_refusal(e: &Error) -> bool {
 pub fn scan_checkpoint(path: impl AsRef<Path>) -> Result<ScanReport> {
     let path = path.as_ref();
     let kind = file_kind(path)?;
-    let refused = |reason: String| ScanReport {
-        path: path.to_path_buf(),
-        format: kind.describe(),
-        tensors: Vec::new(),
-        metadata: BTreeMap::new(),
-        globals: Vec::new(),
-        ignored_entries: 0,
-        verdict: Verdict::Refused { reason },
+    let refused = |reason: String| {
+        // The reader stopped at the first thing it refused; list what the pickles name anyway,
+        // from the opcodes alone.
+        let refused_file_globals = match kind.file {
+            FileKind::Zip | FileKind::Pickle => {
+                match ckpt::list_file_globals(path, &Limits::default()) {
+                    Ok(all) => Ok(group_globals(all.iter().map(|g| {
+                        (
+                            g.global.module.as_str(),
+                            g.global.name.as_str(),
+                            g.pickle,
+                            g.global.offset,
+                            g.global.refused,
+                        )
+                    }))),
+                    Err(e) => Err(match e {
+                        Error::Checkpoint { source, .. } => source.to_string(),
+                        other => other.to_string(),
+                    }),
+                }
+            }
+            _ => Ok(Vec::new()),
+        };
+        ScanReport {
+            path: path.to_path_buf(),
+            format: kind.describe(),
+            tensors: Vec::new(),
+            metadata: BTreeMap::new(),
+            globals: Vec::new(),
+            refused_file_globals,
+            ignored_entries: 0,
+            verdict: Verdict::Refused { reason },
+        }
     };
     let file = match open_input(path, kind) {
         Ok(f) => f,
@@ -352,22 +444,16 @@ pub fn scan_checkpoint(path: impl AsRef<Path>) -> Result<ScanReport> {
     let metadata = src.metadata().into_iter().collect();
     let (globals, ignored_entries) = match &file {
         Input::Ckpt(c) => {
-            let mut by_name: BTreeMap<(String, String), (usize, u64)> = BTreeMap::new();
-            for g in &c.document().globals {
-                let e = by_name
-                    .entry((g.module.clone(), g.name.clone()))
-                    .or_insert((0, g.offset));
-                e.0 += 1;
-            }
-            let globals = by_name
-                .into_iter()
-                .map(|((module, name), (count, first_offset))| ScannedGlobal {
-                    module,
-                    name,
-                    count,
-                    first_offset,
-                })
-                .collect();
+            let pickle = match c.format() {
+                CkptFormat::Zip { .. } => "data.pkl",
+                CkptFormat::Legacy => "object",
+            };
+            let globals = group_globals(
+                c.document()
+                    .globals
+                    .iter()
+                    .map(|g| (g.module.as_str(), g.name.as_str(), pickle, g.offset, None)),
+            );
             (globals, c.state_dict().ignored)
         }
         Input::Safetensors(_) => (Vec::new(), 0),
@@ -378,6 +464,7 @@ pub fn scan_checkpoint(path: impl AsRef<Path>) -> Result<ScanReport> {
         tensors,
         metadata,
         globals,
+        refused_file_globals: Ok(Vec::new()),
         ignored_entries,
         verdict: Verdict::Loadable,
     })

@@ -26,6 +26,7 @@
 
 mod error;
 mod extract;
+mod scan;
 mod value;
 mod vm;
 
@@ -34,6 +35,7 @@ pub use extract::{
     EmbeddingFile, EmbeddingKind, EmbeddingPart, HypernetworkFile, HypernetworkLayer, StateDict,
     extract_embedding, extract_hypernetwork, extract_state_dict,
 };
+pub use scan::{GlobalListing, ListedGlobal, list_globals};
 pub use value::{
     Document, Global, GlobalRef, ObjId, ObjectKind, StorageDecl, StorageId, StorageKind,
     TensorDecl, TensorId, Value,

@@ -289,9 +289,10 @@ pub struct Document {
     pub storages: Vec<StorageDecl>,
     /// Tensors in construction order.
     pub tensors: Vec<TensorDecl>,
-    /// Every global the pickle names (`GLOBAL` opcodes), in file order, as written in the
-    /// file (before torch's module renames). All of them were accepted, since a refused global
-    /// fails the whole run.
+    /// Every global the pickle names (`GLOBAL` and, with protocol 4 accepted, `STACK_GLOBAL`
+    /// opcodes), in file order, as written in the file (before torch's module renames). All of
+    /// them were accepted, since a refused global fails the whole run; to list the globals of a
+    /// refused pickle, see [`super::list_globals`].
     pub globals: Vec<GlobalRef>,
     /// Bytes of pickle the document was read from (up to and including `STOP`).
     pub(crate) pickle_bytes: u64,

@@ -903,7 +903,14 @@ impl<'a> Vm<'a> {
                         found: module.type_name(),
                     });
                 };
-                let g = resolve_global(m, n, self.limits)?;
+                let (m, n) = (m.to_string(), n.to_string());
+                self.charge((m.len() as u64).saturating_add(n.len() as u64));
+                self.globals.push(GlobalRef {
+                    module: m.clone(),
+                    name: n.clone(),
+                    offset: self.op_offset as u64,
+                });
+                let g = resolve_global(&m, &n, self.limits)?;
                 self.push(Value::Global(g))
             }
         }
@@ -1515,7 +1522,7 @@ fn decode_scalar(dt: StoredDType, b: &[u8]) -> Option<Value> {
 
 /// Maps a `GLOBAL` to the allow-list, after torch's module renames. Anything else is refused
 /// here, before any later opcode can use it.
-fn resolve_global(module: &str, name: &str, limits: &Limits) -> R<Global> {
+pub(crate) fn resolve_global(module: &str, name: &str, limits: &Limits) -> R<Global> {
     let forbidden = || K::ForbiddenGlobal {
         module: module.to_string(),
         name: name.to_string(),
