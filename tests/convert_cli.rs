@@ -132,6 +132,53 @@ fn dtype_converts_floats_and_keeps_integers() {
 }
 
 #[test]
+fn textual_inversion_files_convert_to_files_that_load_as_the_same_embedding() {
+    let dir = tempdir("ti");
+    for (file, keys) in [
+        // AUTOMATIC1111, `string_to_param` as a dict and as a pickled ParameterDict: the
+        // vectors become `emb_params` (and the token id is dropped).
+        ("ti-alpha.pt", &["emb_params"][..]),
+        ("ti-golf.pt", &["emb_params"]),
+        // kohya and diffusers layouts are already one tensor by its usual name.
+        ("ti-foxtrot.pt", &["emb_params"]),
+        ("learned_embeds.bin", &["<ti-charlie>"]),
+    ] {
+        let input = fixture(&format!("ti/{file}"));
+        let stem = file.split('.').next().expect("stem");
+        // Same file stem, so the trigger (the file name, as AUTOMATIC1111 names it) is too.
+        let out = dir.join(format!("{stem}.safetensors"));
+        let o = run(&[p(&input), p(&out)]);
+        assert_eq!(o.status.code(), Some(0), "{file}: {}", text(&o.stderr));
+        let (got, meta) = read_st(&out);
+        let mut names: Vec<&str> = got.keys().map(String::as_str).collect();
+        names.sort();
+        assert_eq!(names, keys, "{file}");
+        let original = sd_core::adapters::Embedding::open(&input).expect("original");
+        let converted = sd_core::adapters::Embedding::open(&out).expect("converted loads");
+        assert_eq!(converted.name(), original.name(), "{file}");
+        assert_eq!(converted.vector_count(), original.vector_count(), "{file}");
+        assert_eq!(converted.width(), original.width(), "{file}");
+        assert_eq!(
+            converted.vectors().to_vec().expect("values"),
+            original.vectors().to_vec().expect("values"),
+            "{file}"
+        );
+        if file == "ti-alpha.pt" {
+            let step = original
+                .source()
+                .and_then(|s| s.step)
+                .map(|s| s.to_string());
+            assert_eq!(meta.get("step"), step.as_ref(), "{file}");
+            assert!(
+                text(&o.stdout).contains("textual-inversion embedding"),
+                "{file}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn scan_reports_format_tensors_globals_and_verdict() {
     let o = run(&["--scan", p(&fixture("ckpt/sd_zip.ckpt"))]);
     let out = text(&o.stdout);

@@ -14,7 +14,7 @@ use half::{bf16, f16};
 
 use super::ckpt::{self, CkptFile, CkptFormat, ContainerFormat};
 use super::layout::{FileKind, sniff};
-use super::pickle::{Limits, escape};
+use super::pickle::{EmbeddingKind, Limits, TensorId, escape};
 use super::safetensors::{RawTensor, SafetensorsFile, write_safetensors_raw};
 use super::store::{StoredDType, TensorSource};
 use crate::error::{Error, ErrorKind, Result};
@@ -261,6 +261,9 @@ pub struct ConvertSummary {
     pub tensors: usize,
     /// Metadata entries written.
     pub metadata_entries: usize,
+    /// Whether the input was an AUTOMATIC1111 textual-inversion file, written as an embedding
+    /// (its vectors under [`EMBEDDING_KEY`]).
+    pub embedding: bool,
 }
 
 /// An opened input: a checkpoint or a safetensors file.
@@ -470,15 +473,36 @@ pub fn scan_checkpoint(path: impl AsRef<Path>) -> Result<ScanReport> {
     })
 }
 
+/// The name a converted textual-inversion embedding's vectors are written under. It is what
+/// kohya's sd-scripts calls them in its safetensors embeddings, and a file holding this one
+/// tensor loads as an embedding in AUTOMATIC1111 (any single-tensor file does) and in
+/// [`crate::adapters::Embedding`], triggered by the file name as the `.pt` file was.
+pub const EMBEDDING_KEY: &str = "emb_params";
+
+/// The vectors of an AUTOMATIC1111 textual-inversion file (`string_to_param` as a dict or as
+/// a pickled `ParameterDict`), whose state-dict view would be `string_to_token.*` (the token
+/// id) and, for the dict form only, `string_to_param.*`.
+fn a1111_embedding(c: &CkptFile) -> Option<TensorId> {
+    let emb = c.embedding().ok()?;
+    match (emb.kind, emb.parts.as_slice()) {
+        (EmbeddingKind::A1111 | EmbeddingKind::ParameterDict, [part]) => Some(part.tensor),
+        _ => None,
+    }
+}
+
 /// Converts a checkpoint (or a safetensors file) to a `.safetensors` file at `output`, keeping
 /// tensor names as stored and metadata as safetensors metadata. With `dtype`, float tensors
 /// are converted to it; integer and bool tensors (`position_ids`) are always kept as stored.
 ///
+/// An AUTOMATIC1111 textual-inversion file (`string_to_param`, a dict or a pickled
+/// `ParameterDict`) is written as an embedding: its vectors under [`EMBEDDING_KEY`], its
+/// `name`, `step` and checkpoint fields as metadata, and nothing else (the token id in
+/// `string_to_token` is not needed to load it).
+///
 /// # Errors
 /// [`ErrorKind::NotFound`]/[`ErrorKind::Io`] when the input cannot be read or the output cannot
 /// be written; another kind (the reader's: usually [`ErrorKind::InvalidModel`]) when the input
-/// is refused,
-/// including a checkpoint with no state-dict tensors (an embedding or hypernetwork layout).
+/// is refused, including a checkpoint with no state-dict tensors (a hypernetwork layout).
 pub fn convert_to_safetensors(
     input: impl AsRef<Path>,
     output: impl AsRef<Path>,
@@ -487,31 +511,66 @@ pub fn convert_to_safetensors(
     let (input, output) = (input.as_ref(), output.as_ref());
     let file = open_input(input, file_kind(input)?)?;
     let src = file.source();
-    let names = src.tensor_names();
-    if names.is_empty() {
+    // What to write: each output name, with the tensor id for a checkpoint.
+    let (items, embedding): (Vec<(String, Option<TensorId>)>, bool) = match &file {
+        Input::Ckpt(c) => match a1111_embedding(c) {
+            Some(id) => (vec![(EMBEDDING_KEY.to_string(), Some(id))], true),
+            None => (
+                c.state_dict()
+                    .tensors
+                    .iter()
+                    .map(|(n, id)| (n.clone(), Some(*id)))
+                    .collect(),
+                false,
+            ),
+        },
+        Input::Safetensors(s) => (
+            s.tensor_names().into_iter().map(|n| (n, None)).collect(),
+            false,
+        ),
+    };
+    if items.is_empty() {
         return Err(Error::InvalidFile {
             path: input.to_path_buf(),
-            reason: "holds no state-dict tensors (an embedding or hypernetwork layout, or an \
-                     empty checkpoint); nothing to convert"
+            reason: "holds no state-dict tensors (a hypernetwork layout, or an empty \
+                     checkpoint); nothing to convert"
                 .to_string(),
         });
     }
-    let mut tensors = Vec::with_capacity(names.len());
-    for name in &names {
-        let info = src.tensor_info(name).ok_or_else(|| Error::MissingWeight {
-            name: name.clone(),
-            source_desc: src.describe(),
-        })?;
-        let (stored, data) = match dtype {
-            Some(t) if info.dtype.is_float() && info.dtype != t.stored() => {
-                (t.stored(), t.encode(&src.read_f32(name)?))
+    let mut tensors = Vec::with_capacity(items.len());
+    for (name, id) in &items {
+        let (stored, shape, data) = match (&file, id) {
+            (Input::Ckpt(c), Some(id)) => {
+                let decl = c.tensor_decl(*id).ok_or_else(|| Error::MissingWeight {
+                    name: name.clone(),
+                    source_desc: src.describe(),
+                })?;
+                let (stored, shape) = (decl.dtype, decl.shape.clone());
+                match dtype {
+                    Some(t) if stored.is_float() && stored != t.stored() => {
+                        (t.stored(), shape, t.encode(&c.read_f32_id(*id, name)?))
+                    }
+                    _ => (stored, shape, c.read_bytes(*id)?),
+                }
             }
-            _ => (info.dtype, file.raw_bytes(name)?),
+            _ => {
+                let info = src.tensor_info(name).ok_or_else(|| Error::MissingWeight {
+                    name: name.clone(),
+                    source_desc: src.describe(),
+                })?;
+                let shape = info.shape.dims().to_vec();
+                match dtype {
+                    Some(t) if info.dtype.is_float() && info.dtype != t.stored() => {
+                        (t.stored(), shape, t.encode(&src.read_f32(name)?))
+                    }
+                    _ => (info.dtype, shape, file.raw_bytes(name)?),
+                }
+            }
         };
         tensors.push(RawTensor {
             name: name.clone(),
             dtype: stored,
-            shape: info.shape.dims().to_vec(),
+            shape,
             data,
         });
     }
@@ -524,6 +583,7 @@ pub fn convert_to_safetensors(
     Ok(ConvertSummary {
         tensors: tensors.len(),
         metadata_entries: metadata.len(),
+        embedding,
     })
 }
 
@@ -534,6 +594,13 @@ impl fmt::Display for ConvertSummary {
             f,
             "{} tensors, {} metadata entries",
             self.tensors, self.metadata_entries
-        )
+        )?;
+        if self.embedding {
+            write!(
+                f,
+                " (a textual-inversion embedding: its vectors as `{EMBEDDING_KEY}`)"
+            )?;
+        }
+        Ok(())
     }
 }
