@@ -13,11 +13,16 @@
 //! Without `--dtype` every tensor keeps its stored dtype; with it, float tensors are converted
 //! and integer/bool tensors (`position_ids`) are kept as stored.
 //!
+//! An AUTOMATIC1111 textual-inversion file is written as an embedding (its vectors as
+//! `emb_params`). A genuine file that holds no model weights (a hypernetwork, an optimizer
+//! state) is not converted: the message says what it holds.
+//!
 //! Exit status: 0 loadable / converted; 1 refused (hostile or malformed file; the reason on
-//! stderr); 2 usage or I/O error.
+//! stderr); 2 usage or I/O error; 3 nothing to convert (no model weights in the file).
 
 use std::process::ExitCode;
 
+use sd_core::weights::pickle::LoadErrorKind;
 use sd_core::weights::{ConvertDType, Verdict, convert_to_safetensors, scan_checkpoint};
 use sd_core::{Error, ErrorKind};
 
@@ -33,7 +38,9 @@ usage: convert INPUT OUTPUT.safetensors [--dtype f32|f16|bf16]
   --scan           report the format, tensors, metadata and every global the pickle names,
                    and a verdict, without converting
 
-exit status: 0 loadable/converted, 1 refused (hostile or malformed), 2 usage or I/O error";
+exit status: 0 loadable/converted, 1 refused (hostile or malformed), 2 usage or I/O error,
+             3 nothing to convert (a genuine file without model weights: a hypernetwork, an
+             optimizer state)";
 
 /// How the command ends, mapped to the exit status.
 enum Failure {
@@ -43,10 +50,17 @@ enum Failure {
     Io(String),
     /// The file was refused: hostile or malformed (exit 1).
     Refused(String),
+    /// The file is genuine but holds no model weights (exit 3).
+    NothingToConvert(String),
 }
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
+        if let Error::Checkpoint { source, .. } = &e
+            && matches!(source.kind, LoadErrorKind::NoModelWeights { .. })
+        {
+            return Failure::NothingToConvert(e.to_string());
+        }
         match e.kind() {
             ErrorKind::Io | ErrorKind::NotFound => Failure::Io(e.to_string()),
             _ => Failure::Refused(e.to_string()),
@@ -147,6 +161,10 @@ fn main() -> ExitCode {
         Err(Failure::Refused(msg)) => {
             eprintln!("convert: refused: {msg}");
             ExitCode::from(1)
+        }
+        Err(Failure::NothingToConvert(msg)) => {
+            eprintln!("convert: {msg}");
+            ExitCode::from(3)
         }
     }
 }

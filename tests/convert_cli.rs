@@ -179,6 +179,86 @@ fn textual_inversion_files_convert_to_files_that_load_as_the_same_embedding() {
 }
 
 #[test]
+fn files_without_model_weights_say_what_they_hold() {
+    let dir = tempdir("no-weights");
+    let out = dir.join("o.safetensors");
+    // An AUTOMATIC1111 hypernetwork (int keys -> pairs of state dicts).
+    let o = run(&[p(&fixture("ckpt/hypernet.pt")), p(&out)]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(
+            "holds no model weights: it is an AUTOMATIC1111 hypernetwork (2 layers, for \
+                      context widths 8, 4; 16 tensors)"
+        ) && err.contains("nothing to convert")
+            && !err.contains("refused"),
+        "{err}"
+    );
+    // A torch optimizer state_dict: {"state": {0: {"step", "exp_avg"}}, "param_groups": [...]}.
+    let tensor = |key: &str| {
+        let mut t = b"ctorch._utils\n_rebuild_tensor_v2\n((".to_vec();
+        t.extend(s("storage"));
+        t.extend_from_slice(b"ctorch\nFloatStorage\n");
+        t.extend(s(key));
+        t.extend(s("cpu"));
+        t.extend_from_slice(&[
+            b'K', 2, b't', b'Q', b'K', 0, b'K', 2, 0x85, b'K', 1, 0x85, 0x89,
+        ]);
+        t.extend_from_slice(b"ccollections\nOrderedDict\n)RtR");
+        t
+    };
+    let pkl = [
+        &[0x80, 2, b'}', b'('][..],
+        &s("state"),
+        b"}(K\x00}(",
+        &s("exp_avg"),
+        &tensor("0"),
+        &s("exp_avg_sq"),
+        &tensor("1"),
+        b"uu",
+        &s("param_groups"),
+        b"](}(",
+        &s("lr"),
+        b"G?PbM\xd2\xf1\xa9\xfc",
+        &s("params"),
+        b"](K\x00eueu.",
+    ]
+    .concat();
+    let data = [0u8; 8];
+    let optim = dir.join("optim.pt");
+    std::fs::write(&optim, torch_zip(&pkl, &[("0", &data), ("1", &data)])).expect("write");
+    let o = run(&[p(&optim), p(&out)]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(
+            "holds no model weights: it is a torch optimizer state (`state` and \
+                      `param_groups`; 2 tensors"
+        ),
+        "{err}"
+    );
+    // Anything else without tensor names lists its top-level entries.
+    let pkl = [
+        &[0x80, 2, b'}', b'('][..],
+        &s("epoch"),
+        b"K\x03",
+        &s("cfg"),
+        b"]u.",
+    ]
+    .concat();
+    std::fs::write(&optim, torch_zip(&pkl, &[])).expect("write");
+    let o = run(&[p(&optim), p(&out)]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("its 2 top-level entries are `epoch` (int), `cfg` (list) (0 tensors"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn scan_reports_format_tensors_globals_and_verdict() {
     let o = run(&["--scan", p(&fixture("ckpt/sd_zip.ckpt"))]);
     let out = text(&o.stdout);

@@ -14,7 +14,7 @@ use half::{bf16, f16};
 
 use super::ckpt::{self, CkptFile, CkptFormat, ContainerFormat};
 use super::layout::{FileKind, sniff};
-use super::pickle::{EmbeddingKind, Limits, TensorId, escape};
+use super::pickle::{EmbeddingKind, Limits, LoadError, LoadErrorKind, TensorId, Value, escape};
 use super::safetensors::{RawTensor, SafetensorsFile, write_safetensors_raw};
 use super::store::{StoredDType, TensorSource};
 use crate::error::{Error, ErrorKind, Result};
@@ -490,6 +490,72 @@ fn a1111_embedding(c: &CkptFile) -> Option<TensorId> {
     }
 }
 
+/// What a checkpoint without state-dict tensors holds, in words, for the "nothing to convert"
+/// error: an AUTOMATIC1111 hypernetwork, a torch optimizer state, a bare tensor or list, or
+/// else its top-level entries.
+fn describe_contents(c: &CkptFile) -> String {
+    let doc = c.document();
+    let root = doc.root();
+    let tensors = doc.tensors.len();
+    if let Ok(h) = c.hypernetwork() {
+        let sizes: Vec<String> = h.layers.iter().map(|l| l.size.to_string()).collect();
+        let n: usize = h.layers.iter().map(|l| l.k.len() + l.v.len()).sum();
+        return format!(
+            "it is an AUTOMATIC1111 hypernetwork ({} layers, for context widths {}; {n} \
+             tensors), which is applied from its .pt file (txt2img --hypernetwork) and has no \
+             safetensors form",
+            h.layers.len(),
+            sizes.join(", ")
+        );
+    }
+    if matches!(doc.dict_get(root, "state"), Some(Value::Dict(_)))
+        && matches!(doc.dict_get(root, "param_groups"), Some(Value::List(_)))
+    {
+        return format!(
+            "it is a torch optimizer state (`state` and `param_groups`; {tensors} tensors of \
+             optimizer statistics keyed by parameter index)"
+        );
+    }
+    match root {
+        Value::Tensor(t) => {
+            let shape = doc.tensor(t).map(|d| d.shape.clone()).unwrap_or_default();
+            format!(
+                "it is one bare tensor of shape {shape:?}, with no name (an embedding saved this \
+                 way loads as one, given a trigger word)"
+            )
+        }
+        Value::List(_) => format!(
+            "its root is a list of {} items ({tensors} tensors), not a dict of tensors",
+            doc.list(root).map_or(0, <[Value]>::len)
+        ),
+        _ => {
+            let entries = doc.dict(root).unwrap_or(&[]);
+            let shown: Vec<String> = entries
+                .iter()
+                .take(8)
+                .map(|&(k, v)| {
+                    let key = match k {
+                        Value::Int(i) => i.to_string(),
+                        _ => doc.str(k).map_or_else(|| k.type_name().to_string(), escape),
+                    };
+                    format!("`{key}` ({})", v.type_name())
+                })
+                .collect();
+            format!(
+                "its {} top-level entries are {}{} ({tensors} tensors in all, none under a \
+                 string key path)",
+                entries.len(),
+                if shown.is_empty() {
+                    "none".to_string()
+                } else {
+                    shown.join(", ")
+                },
+                if entries.len() > 8 { ", …" } else { "" }
+            )
+        }
+    }
+}
+
 /// Converts a checkpoint (or a safetensors file) to a `.safetensors` file at `output`, keeping
 /// tensor names as stored and metadata as safetensors metadata. With `dtype`, float tensors
 /// are converted to it; integer and bool tensors (`position_ids`) are always kept as stored.
@@ -502,7 +568,8 @@ fn a1111_embedding(c: &CkptFile) -> Option<TensorId> {
 /// # Errors
 /// [`ErrorKind::NotFound`]/[`ErrorKind::Io`] when the input cannot be read or the output cannot
 /// be written; another kind (the reader's: usually [`ErrorKind::InvalidModel`]) when the input
-/// is refused, including a checkpoint with no state-dict tensors (a hypernetwork layout).
+/// is refused. A genuine checkpoint without model weights (a hypernetwork, an optimizer state)
+/// gives [`Error::Checkpoint`] with [`LoadErrorKind::NoModelWeights`] saying what it holds.
 pub fn convert_to_safetensors(
     input: impl AsRef<Path>,
     output: impl AsRef<Path>,
@@ -530,11 +597,17 @@ pub fn convert_to_safetensors(
         ),
     };
     if items.is_empty() {
-        return Err(Error::InvalidFile {
-            path: input.to_path_buf(),
-            reason: "holds no state-dict tensors (a hypernetwork layout, or an empty \
-                     checkpoint); nothing to convert"
-                .to_string(),
+        return Err(match &file {
+            Input::Ckpt(c) => Error::Checkpoint {
+                path: input.to_path_buf(),
+                source: Box::new(LoadError::new(LoadErrorKind::NoModelWeights {
+                    holds: describe_contents(c),
+                })),
+            },
+            Input::Safetensors(_) => Error::InvalidFile {
+                path: input.to_path_buf(),
+                reason: "holds no tensors; nothing to convert".to_string(),
+            },
         });
     }
     let mut tensors = Vec::with_capacity(items.len());

@@ -244,6 +244,14 @@ pub enum LoadErrorKind {
     /// A dtype this reader does not handle.
     UnsupportedDtype(String),
 
+    // === Contents ===
+    /// A genuine file that holds no model weights (a hypernetwork, an optimizer state), where
+    /// a state dict was asked for: nothing was refused, there is nothing to convert.
+    NoModelWeights {
+        /// What the file holds, in words (names from the file already escaped).
+        holds: String,
+    },
+
     // === Resources ===
     /// A configured limit was exceeded.
     LimitExceeded {
@@ -323,6 +331,9 @@ impl fmt::Display for LoadErrorKind {
                 write!(f, "tensor view reaches outside its storage")
             }
             K::UnsupportedDtype(d) => write!(f, "unsupported dtype `{}`", escape(d)),
+            K::NoModelWeights { holds } => {
+                write!(f, "holds no model weights: {holds}; nothing to convert")
+            }
             K::LimitExceeded { limit, value } => {
                 write!(f, "limit `{limit}` exceeded ({value})")?;
                 match *limit {
