@@ -474,6 +474,25 @@ fn hostile_files_are_refused_without_running_anything() {
         "{err}"
     );
     assert!(!out.exists());
+    // A stride-0 ("expanded") view of 12 elements over 11 is refused, naming the tensor too.
+    let expanded: Vec<u8> = {
+        let i = pkl
+            .windows(6)
+            .position(|w| w == [b'K', 12, 0x85, b'K', 1, 0x85])
+            .expect("size and stride tuples");
+        let mut v = pkl.clone();
+        v[i + 4] = 0;
+        v
+    };
+    std::fs::write(&oob, torch_zip(&expanded, &[("0", &data)])).expect("write");
+    let o = run(&[p(&oob), p(&out)]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("tensor `model.w` has overlapping/expanded strides"),
+        "{err}"
+    );
+    assert!(!out.exists());
     // The same file with the view inside its storage converts (the assembly is right).
     let fixed: Vec<u8> = {
         let i = pkl

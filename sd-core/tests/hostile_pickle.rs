@@ -696,7 +696,30 @@ fn p13_stride_zero_amplification() {
         ),
     );
     let e = both("P13", &p);
-    assert!(matches!(e.kind, K::Unsupported(_)), "{e}");
+    assert_eq!(
+        e.kind,
+        K::ExpandedView {
+            name: Some("w".into())
+        }
+    );
+    assert!(
+        e.to_string()
+            .starts_with("tensor `w` has overlapping/expanded strides"),
+        "{e}"
+    );
+    // Reported at the REDUCE that built the view (the pickle ends `tR` `u.`), as an
+    // out-of-bounds view is.
+    assert_eq!(
+        e.at,
+        Some(Location::PickleOp {
+            pickle: "data.pkl",
+            offset: (p.len() - 3) as u64
+        })
+    );
+    // Not stored under a key (in a list): refused at STOP, without a name.
+    let st = storage("FloatStorage", "0", 1);
+    let p = cat(&[PROTO2, b"](", &tensor(&st, 0, &[4, 4], &[0, 0]), b"e."]);
+    assert_eq!(both("P13 list", &p).kind, K::ExpandedView { name: None });
 }
 
 #[test]

@@ -241,6 +241,12 @@ pub enum LoadErrorKind {
         /// The tensor name, when known.
         name: Option<String>,
     },
+    /// A tensor view whose overlapping or stride-0 ("expanded") strides make it larger than
+    /// its storage: copying it out could take far more memory than the file, so it is refused.
+    ExpandedView {
+        /// The tensor name (its key), when known.
+        name: Option<String>,
+    },
     /// A dtype this reader does not handle.
     UnsupportedDtype(String),
 
@@ -329,6 +335,17 @@ impl fmt::Display for LoadErrorKind {
             }
             K::TensorOutOfBounds { name: None } => {
                 write!(f, "tensor view reaches outside its storage")
+            }
+            K::ExpandedView { name } => {
+                match name {
+                    Some(n) => write!(f, "tensor `{}`", escape(n))?,
+                    None => write!(f, "a tensor view")?,
+                }
+                write!(
+                    f,
+                    " has overlapping/expanded strides (a view larger than its storage): \
+                     unsupported"
+                )
             }
             K::UnsupportedDtype(d) => write!(f, "unsupported dtype `{}`", escape(d)),
             K::NoModelWeights { holds } => {
@@ -429,6 +446,7 @@ impl LoadError {
             | LoadErrorKind::Unsupported(_)
             | LoadErrorKind::UnsupportedVersion(_)
             | LoadErrorKind::Protocol4Off { .. }
+            | LoadErrorKind::ExpandedView { .. }
             | LoadErrorKind::UnsupportedByteOrder
             | LoadErrorKind::UnsupportedOpcode { .. }
             | LoadErrorKind::UnsupportedDtype(_) => E::Unsupported,

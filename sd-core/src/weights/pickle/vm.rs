@@ -128,15 +128,34 @@ struct Vm<'a> {
     materialized: u64,
     max_materialized: u64,
     op_offset: usize,
-    /// Tensors whose view reaches outside their storage, with the offset of the opcode that
-    /// built them. The error is raised when such a tensor is stored under a key (so the message
-    /// can name it) or, at the latest, at `STOP`: a document holding one is never returned.
-    bad_views: HashMap<TensorId, usize>,
+    /// Tensors whose view is refused (it reaches outside its storage, or it is larger than its
+    /// storage), with the offset of the opcode that built them. The error is raised when such
+    /// a tensor is stored under a key (so the message can name it) or, at the latest, at
+    /// `STOP`: a document holding one is never returned.
+    bad_views: HashMap<TensorId, (usize, BadView)>,
     /// Every `GLOBAL` read, accepted or not, in file order.
     globals: Vec<GlobalRef>,
     /// Heap bytes held by what the arena objects, declarations and strings own (what
     /// [`Vm::footprint`] does not read from a collection's capacity).
     heap: u64,
+}
+
+/// Why a tensor view is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BadView {
+    /// It reaches outside its storage.
+    OutOfBounds,
+    /// Overlapping or stride-0 (expanded) strides make it larger than its storage.
+    Expanded,
+}
+
+impl BadView {
+    fn error(self, name: Option<String>) -> K {
+        match self {
+            BadView::OutOfBounds => K::TensorOutOfBounds { name },
+            BadView::Expanded => K::ExpandedView { name },
+        }
+    }
 }
 
 /// Most nodes in one hashable key (a tuple of tuples of …): keeps a memo-shared tuple used as a
@@ -283,7 +302,10 @@ impl<'a> Vm<'a> {
                 size_of::<(String, StorageId)>(),
             ),
             bytes_of_len(self.tensors.capacity(), size_of::<TensorDecl>()),
-            table_bytes(self.bad_views.capacity(), size_of::<(TensorId, usize)>()),
+            table_bytes(
+                self.bad_views.capacity(),
+                size_of::<(TensorId, (usize, BadView))>(),
+            ),
             bytes_of_len(self.globals.capacity(), size_of::<GlobalRef>()),
         ]
         .iter()
@@ -552,12 +574,12 @@ impl<'a> Vm<'a> {
             });
         };
         if let Value::Tensor(t) = v
-            && let Some(&at) = self.bad_views.get(&t)
+            && let Some(&(at, why)) = self.bad_views.get(&t)
         {
             let name = matches!(k, Value::Str(_) | Value::Int(_)).then(|| self.describe_key(k));
             // Report at the opcode that built the view, naming the key it was stored under.
             self.op_offset = at;
-            return Err(K::TensorOutOfBounds { name });
+            return Err(why.error(name));
         }
         let key = self.key_of(k)?;
         self.count_items(1)?;
@@ -655,9 +677,9 @@ impl<'a> Vm<'a> {
                     if self.stack.len() != 1 {
                         return Err(K::Malformed("STOP needs exactly one value on the stack"));
                     }
-                    if let Some(&at) = self.bad_views.values().min() {
+                    if let Some(&(at, why)) = self.bad_views.values().min_by_key(|b| b.0) {
                         self.op_offset = at;
-                        return Err(K::TensorOutOfBounds { name: None });
+                        return Err(why.error(None));
                     }
                     return self.stack.pop().ok_or(K::StackUnderflow);
                 }
@@ -1250,34 +1272,32 @@ impl<'a> Vm<'a> {
             }
             last.is_some_and(|l| l < storage_numel)
         };
-        if !in_bounds {
-            // Kept as a marked tensor so that the error can name the key it is stored under;
-            // it can never be read (see `bad_views`).
-            let id = self.push_tensor(TensorDecl {
-                storage: sid,
-                dtype,
-                offset: 0,
-                shape,
-                strides,
-                is_param: false,
-            })?;
-            self.bad_views.insert(id, self.op_offset);
-            return Ok(Value::Tensor(id));
-        }
-        let td = TensorDecl {
+        let mut td = TensorDecl {
             storage: sid,
             dtype,
-            offset: usize_of(offset)?,
+            offset: 0,
             shape,
             strides,
             is_param: false,
         };
+        // A view outside its storage, or (non-contiguous) larger than it: stride-0 "expanded"
+        // tensors would turn a 4-byte storage into terabytes when copied. Kept as a marked
+        // tensor so that the error can name the key it is stored under; it can never be read
+        // (see `bad_views`).
+        let bad = if !in_bounds {
+            Some(BadView::OutOfBounds)
+        } else if !td.is_contiguous() && numel > storage_numel {
+            Some(BadView::Expanded)
+        } else {
+            None
+        };
+        if let Some(why) = bad {
+            let id = self.push_tensor(td)?;
+            self.bad_views.insert(id, (self.op_offset, why));
+            return Ok(Value::Tensor(id));
+        }
+        td.offset = usize_of(offset)?;
         if !td.is_contiguous() {
-            if numel > storage_numel {
-                return Err(K::Unsupported(
-                    "overlapping/expanded strides (view larger than its storage)",
-                ));
-            }
             let bytes = numel.saturating_mul(dtype.size_in_bytes() as u64);
             self.materialized = self.materialized.saturating_add(bytes);
             if self.materialized > self.max_materialized {
