@@ -44,7 +44,8 @@ pub(crate) use vm::run as vm_run;
 pub use vm::{PersistentIds, unpickle};
 
 /// Resource limits for reading a checkpoint. Every limit is checked before the memory it guards
-/// is allocated; exceeding one gives [`LoadErrorKind::LimitExceeded`] naming the limit.
+/// is allocated, except the heap budget ([`Limits::max_heap_per_byte`]), which is checked as
+/// each object is added; exceeding one gives [`LoadErrorKind::LimitExceeded`] naming the limit.
 ///
 /// The defaults are far above what any Stable Diffusion checkpoint, embedding or hypernetwork
 /// needs (an SDXL `data.pkl` is about 1 MB and holds about 2,500 tensors) and small enough that a
