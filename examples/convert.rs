@@ -17,8 +17,8 @@
 //! `emb_params`). A genuine file that holds no model weights (a hypernetwork, an optimizer
 //! state) is not converted: the message says what it holds.
 //!
-//! Exit status: 0 loadable / converted; 1 refused (hostile or malformed file; the reason on
-//! stderr); 2 usage or I/O error; 3 nothing to convert (no model weights in the file).
+//! Exit status: 0 loadable / converted; 1 refused (hostile or malformed file, or a genuine one
+//! with nothing to convert; the reason on stderr); 2 usage or I/O error.
 
 use std::process::ExitCode;
 
@@ -38,9 +38,8 @@ usage: convert INPUT OUTPUT.safetensors [--dtype f32|f16|bf16]
   --scan           report the format, tensors, metadata and every global the pickle names,
                    and a verdict, without converting
 
-exit status: 0 loadable/converted, 1 refused (hostile or malformed), 2 usage or I/O error,
-             3 nothing to convert (a genuine file without model weights: a hypernetwork, an
-             optimizer state)";
+exit status: 0 loadable/converted, 1 refused (hostile or malformed, or nothing to convert:
+             a hypernetwork, an optimizer state), 2 usage or I/O error";
 
 /// How the command ends, mapped to the exit status.
 enum Failure {
@@ -50,7 +49,8 @@ enum Failure {
     Io(String),
     /// The file was refused: hostile or malformed (exit 1).
     Refused(String),
-    /// The file is genuine but holds no model weights (exit 3).
+    /// The file is genuine but holds no model weights (exit 1, as a refusal: the message says
+    /// what the file holds).
     NothingToConvert(String),
 }
 
@@ -164,7 +164,7 @@ fn main() -> ExitCode {
         }
         Err(Failure::NothingToConvert(msg)) => {
             eprintln!("convert: {msg}");
-            ExitCode::from(3)
+            ExitCode::from(1)
         }
     }
 }
