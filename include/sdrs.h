@@ -683,8 +683,8 @@ sdrs_status sdrs_scan_report_tensor(const struct sdrs_scan_report *report,
                                     struct sdrs_scanned_tensor *tensor_out);
 
 /**
- * The number of distinct globals the pickle names (0 for safetensors, when refused, or when
- * `report` is NULL).
+ * The number of distinct globals the pickle names (0 for safetensors, when refused: see
+ * `sdrs_scan_report_refused_global_count`, or when `report` is NULL).
  *
  * # Safety
  * `report` is NULL or live.
@@ -701,6 +701,30 @@ size_t sdrs_scan_report_global_count(const struct sdrs_scan_report *report);
 sdrs_status sdrs_scan_report_global(const struct sdrs_scan_report *report,
                                     size_t index,
                                     struct sdrs_scanned_global *global_out);
+
+/**
+ * The number of distinct globals the pickles of a refused checkpoint name, found by reading
+ * their opcodes without running anything (0 for a loadable file, for a file that is not a
+ * checkpoint, or when `report` is NULL).
+ *
+ * # Safety
+ * `report` is NULL or live.
+ */
+size_t sdrs_scan_report_refused_global_count(const struct sdrs_scan_report *report);
+
+/**
+ * Global `index` of a refused checkpoint (sorted by module, then name) into `*global_out`,
+ * and into `*why_out` (unless `why_out` is NULL) why it is refused, or NULL for a global on
+ * the allow-list; the strings are borrowed from `report`. `SDRS_STATUS_INVALID_ARGUMENT`
+ * when `index` is out of range.
+ *
+ * # Safety
+ * `report` is NULL or live; `global_out` is NULL or writable; `why_out` is NULL or writable.
+ */
+sdrs_status sdrs_scan_report_refused_global(const struct sdrs_scan_report *report,
+                                            size_t index,
+                                            struct sdrs_scanned_global *global_out,
+                                            const char **why_out);
 
 /**
  * The number of metadata entries (safetensors `__metadata__`, or a checkpoint's scalar

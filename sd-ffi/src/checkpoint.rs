@@ -87,6 +87,8 @@ pub(crate) struct Report {
     reason: Option<CString>,
     tensors: Vec<(CString, CString, Vec<usize>)>,
     globals: Vec<(CString, CString, usize, u64)>,
+    /// A refused file's globals: as `globals`, with why each is refused (`None` if allowed).
+    refused_globals: Vec<(CString, CString, usize, u64, Option<CString>)>,
     metadata: Vec<(CString, CString)>,
 }
 
@@ -120,6 +122,21 @@ impl Report {
                         to_cstring(&g.name),
                         g.count,
                         g.first_offset,
+                    )
+                })
+                .collect(),
+            refused_globals: report
+                .refused_file_globals
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .map(|g| {
+                    (
+                        to_cstring(&g.module),
+                        to_cstring(&g.name),
+                        g.count,
+                        g.first_offset,
+                        g.refused.map(to_cstring),
                     )
                 })
                 .collect(),
@@ -292,8 +309,8 @@ pub unsafe extern "C" fn sdrs_scan_report_tensor(
     }
 }
 
-/// The number of distinct globals the pickle names (0 for safetensors, when refused, or when
-/// `report` is NULL).
+/// The number of distinct globals the pickle names (0 for safetensors, when refused: see
+/// `sdrs_scan_report_refused_global_count`, or when `report` is NULL).
 ///
 /// # Safety
 /// `report` is NULL or live.
@@ -335,6 +352,65 @@ pub unsafe extern "C" fn sdrs_scan_report_global(
             };
             // SAFETY: checked non-NULL and writable (the caller's contract).
             unsafe { global_out.write(view) };
+            Ok(())
+        })
+    }
+}
+
+/// The number of distinct globals the pickles of a refused checkpoint name, found by reading
+/// their opcodes without running anything (0 for a loadable file, for a file that is not a
+/// checkpoint, or when `report` is NULL).
+///
+/// # Safety
+/// `report` is NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sdrs_scan_report_refused_global_count(
+    report: *const sdrs_scan_report,
+) -> usize {
+    ffi_boundary! {
+        value_or_neutral(|| {
+            // SAFETY: NULL or live (the caller's contract).
+            Ok(unsafe { report_ref(report) }?.refused_globals.len())
+        })
+    }
+}
+
+/// Global `index` of a refused checkpoint (sorted by module, then name) into `*global_out`,
+/// and into `*why_out` (unless `why_out` is NULL) why it is refused, or NULL for a global on
+/// the allow-list; the strings are borrowed from `report`. `SDRS_STATUS_INVALID_ARGUMENT`
+/// when `index` is out of range.
+///
+/// # Safety
+/// `report` is NULL or live; `global_out` is NULL or writable; `why_out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sdrs_scan_report_refused_global(
+    report: *const sdrs_scan_report,
+    index: usize,
+    global_out: *mut sdrs_scanned_global,
+    why_out: *mut *const c_char,
+) -> sdrs_status {
+    ffi_boundary! {
+        status_of(|| {
+            check_not_null!(report, global_out);
+            // SAFETY: live (the caller's contract).
+            let r = unsafe { report_ref(report) }?;
+            let (module, name, count, first_offset, why) =
+                r.refused_globals.get(index).ok_or_else(|| {
+                    out_of_range(index, r.refused_globals.len(), "refused globals")
+                })?;
+            let view = sdrs_scanned_global {
+                module: module.as_ptr(),
+                name: name.as_ptr(),
+                count: *count,
+                first_offset: *first_offset,
+            };
+            // SAFETY: checked non-NULL and writable (the caller's contract).
+            unsafe { global_out.write(view) };
+            if !why_out.is_null() {
+                let why = why.as_ref().map_or(std::ptr::null(), |w| w.as_ptr());
+                // SAFETY: non-NULL and writable (the caller's contract).
+                unsafe { why_out.write(why) };
+            }
             Ok(())
         })
     }

@@ -39,8 +39,9 @@ pub use checkpoint::{
     sdrs_checkpoint_convert, sdrs_checkpoint_scan, sdrs_convert_dtype, sdrs_scan_report,
     sdrs_scan_report_format, sdrs_scan_report_free, sdrs_scan_report_global,
     sdrs_scan_report_global_count, sdrs_scan_report_loadable, sdrs_scan_report_metadata,
-    sdrs_scan_report_metadata_count, sdrs_scan_report_reason, sdrs_scan_report_tensor,
-    sdrs_scan_report_tensor_count, sdrs_scan_report_text, sdrs_scanned_global, sdrs_scanned_tensor,
+    sdrs_scan_report_metadata_count, sdrs_scan_report_reason, sdrs_scan_report_refused_global,
+    sdrs_scan_report_refused_global_count, sdrs_scan_report_tensor, sdrs_scan_report_tensor_count,
+    sdrs_scan_report_text, sdrs_scanned_global, sdrs_scanned_tensor,
 };
 pub use error::{sdrs_last_error_message, sdrs_status, sdrs_status_str};
 pub use images::{

@@ -21,7 +21,11 @@ use crate::errors::{invalid_argument, to_py_err};
 ///     tensors (list[tuple[str, str, list[int]]]): ``(name, dtype, shape)`` of every
 ///         tensor, in file order (``dtype`` as safetensors names it: ``"F16"``, ``"I64"``...).
 ///     globals (list[tuple[str, str, int]]): ``(module, name, count)`` of every Python global a
-///         pickle names, sorted.
+///         pickle names, sorted, when the file is loadable.
+///     refused_globals (list[tuple[str, str, int, str | None]]): for a refused checkpoint,
+///         ``(module, name, count, why)`` of every global its pickles name, found by reading
+///         the opcodes without running anything; ``why`` says why a global is refused and is
+///         ``None`` for one on the allow-list. Empty for a loadable file.
 ///     metadata (dict[str, str]): safetensors metadata, or a checkpoint's scalar entries
 ///         (``global_step``...).
 ///
@@ -46,6 +50,9 @@ pub struct PyScanReport {
     /// `(module, name, count)` of every global.
     #[pyo3(get)]
     pub globals: Vec<(String, String, usize)>,
+    /// `(module, name, count, why refused)` of every global a refused file names.
+    #[pyo3(get)]
+    pub refused_globals: Vec<(String, String, usize, Option<String>)>,
     /// Metadata entries.
     #[pyo3(get)]
     pub metadata: BTreeMap<String, String>,
@@ -72,6 +79,19 @@ impl PyScanReport {
                 .iter()
                 .map(|g| (g.module.clone(), g.name.clone(), g.count))
                 .collect(),
+            refused_globals: report
+                .refused_file_globals
+                .as_ref()
+                .map(|globals| {
+                    globals
+                        .iter()
+                        .map(|g| {
+                            let why = g.refused.map(str::to_string);
+                            (g.module.clone(), g.name.clone(), g.count, why)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
             metadata: report.metadata.clone(),
             text: report.to_string(),
         }

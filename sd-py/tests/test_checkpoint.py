@@ -36,6 +36,7 @@ def test_genuine_checkpoint_is_loadable() -> None:
     for name, dtype, shape in report.tensors:
         assert name and dtype and all(d > 0 for d in shape)
     assert ("torch._utils", "_rebuild_tensor_v2") in {(m, n) for m, n, _ in report.globals}
+    assert report.refused_globals == []
     assert "global_step" in report.metadata
     text = str(report)
     assert "verdict: LOADABLE" in text and report.format in text
@@ -50,6 +51,9 @@ def test_hostile_checkpoint_is_refused_and_nothing_runs(tmp_path: Path) -> None:
     assert not report.loadable
     assert report.reason is not None and "posix.system" in report.reason
     assert report.tensors == [] and report.globals == []
+    refused = {(m, n): why for m, n, _, why in report.refused_globals}
+    assert refused.keys() == {("posix", "system")}, report.refused_globals
+    assert refused[("posix", "system")] and "not on the allow-list" in refused[("posix", "system")]
     assert "REFUSED" in str(report)
     out = tmp_path / "evil.safetensors"
     with pytest.raises(sdrs.ModelLoadError, match="posix.system"):

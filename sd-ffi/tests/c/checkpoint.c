@@ -52,6 +52,7 @@ static void check_genuine(const char *path) {
       rebuild = 1;
   }
   CHECK(rebuild);
+  CHECK(sdrs_scan_report_refused_global_count(report) == 0);
   sdrs_scanned_global g;
   CHECK_STATUS(sdrs_scan_report_global(report, globals, &g), SDRS_STATUS_INVALID_ARGUMENT,
                "out of range");
@@ -81,6 +82,18 @@ static void check_hostile(const char *path, const char *dir) {
   CHECK(strstr(sdrs_scan_report_text(report), "REFUSED") != NULL);
   CHECK(sdrs_scan_report_tensor_count(report) == 0);
   CHECK(sdrs_scan_report_global_count(report) == 0);
+  /* Every global the refused file names, read from its opcodes: here the one payload. */
+  CHECK(sdrs_scan_report_refused_global_count(report) == 1);
+  sdrs_scanned_global g;
+  const char *why = NULL;
+  CHECK_STATUS(sdrs_scan_report_refused_global(report, 0, &g, &why), SDRS_STATUS_OK, "");
+  CHECK(strcmp(g.module, "posix") == 0 && strcmp(g.name, "system") == 0 && g.count == 1);
+  CHECK(why != NULL && strstr(why, "allow-list") != NULL);
+  CHECK_STATUS(sdrs_scan_report_refused_global(report, 0, &g, NULL), SDRS_STATUS_OK, "");
+  CHECK_STATUS(sdrs_scan_report_refused_global(report, 1, &g, &why),
+               SDRS_STATUS_INVALID_ARGUMENT, "refused globals");
+  CHECK_STATUS(sdrs_scan_report_refused_global(report, 0, NULL, &why),
+               SDRS_STATUS_NULL_ARGUMENT, "`global_out`");
   sdrs_scan_report_free(report);
 
   char out[4096];
@@ -139,6 +152,7 @@ static void check_misuse(void) {
   CHECK(sdrs_scan_report_reason(NULL) == NULL);
   CHECK(sdrs_scan_report_tensor_count(NULL) == 0);
   CHECK(sdrs_scan_report_global_count(NULL) == 0);
+  CHECK(sdrs_scan_report_refused_global_count(NULL) == 0);
   CHECK(sdrs_scan_report_metadata_count(NULL) == 0);
   sdrs_scanned_tensor t;
   CHECK_STATUS(sdrs_scan_report_tensor(NULL, 0, &t), SDRS_STATUS_NULL_ARGUMENT, "`report`");

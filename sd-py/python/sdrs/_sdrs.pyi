@@ -205,7 +205,10 @@ class ScanReport:
         """(name, dtype, shape) of every tensor, in file order."""
     @property
     def globals(self) -> list[tuple[str, str, int]]:
-        """(module, name, count) of every global a pickle names."""
+        """(module, name, count) of every global a pickle names (a loadable file)."""
+    @property
+    def refused_globals(self) -> list[tuple[str, str, int, str | None]]:
+        """For a refused file: (module, name, count, why refused or None) of every global."""
     @property
     def metadata(self) -> dict[str, str]:
         """Safetensors metadata or a checkpoint's scalar entries."""
