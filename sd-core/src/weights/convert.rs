@@ -234,10 +234,19 @@ fn write_global(f: &mut fmt::Formatter<'_>, g: &ScannedGlobal) -> fmt::Result {
 /// Groups globals by module and name (sorted), counting them and keeping the first place each
 /// is named and, if any occurrence is refused, the first reason.
 fn group_globals<'a>(
-    all: impl IntoIterator<Item = (&'a str, &'a str, &'static str, u64, Option<&'static str>)>,
+    all: impl IntoIterator<
+        Item = (
+            &'a str,
+            &'a str,
+            &'static str,
+            u64,
+            usize,
+            Option<&'static str>,
+        ),
+    >,
 ) -> Vec<ScannedGlobal> {
     let mut by_name: BTreeMap<(&str, &str), ScannedGlobal> = BTreeMap::new();
-    for (module, name, pickle, offset, refused) in all {
+    for (module, name, pickle, offset, count, refused) in all {
         let e = by_name
             .entry((module, name))
             .or_insert_with(|| ScannedGlobal {
@@ -248,7 +257,7 @@ fn group_globals<'a>(
                 pickle,
                 refused: None,
             });
-        e.count += 1;
+        e.count = e.count.saturating_add(count);
         e.refused = e.refused.or(refused);
     }
     by_name.into_values().collect()
@@ -389,6 +398,7 @@ pub fn scan_checkpoint(path: impl AsRef<Path>) -> Result<ScanReport> {
                             g.global.name.as_str(),
                             g.pickle,
                             g.global.offset,
+                            g.global.count,
                             g.global.refused,
                         )
                     }))),
@@ -451,12 +461,16 @@ pub fn scan_checkpoint(path: impl AsRef<Path>) -> Result<ScanReport> {
                 CkptFormat::Zip { .. } => "data.pkl",
                 CkptFormat::Legacy => "object",
             };
-            let globals = group_globals(
-                c.document()
-                    .globals
-                    .iter()
-                    .map(|g| (g.module.as_str(), g.name.as_str(), pickle, g.offset, None)),
-            );
+            let globals = group_globals(c.document().globals.iter().map(|g| {
+                (
+                    g.module.as_str(),
+                    g.name.as_str(),
+                    pickle,
+                    g.offset,
+                    1,
+                    None,
+                )
+            }));
             (globals, c.state_dict().ignored)
         }
         Input::Safetensors(_) => (Vec::new(), 0),

@@ -15,18 +15,26 @@ use super::Limits;
 use super::error::LoadErrorKind as K;
 use super::vm::resolve_global;
 
-/// Longest string the walk remembers for `STACK_GLOBAL` (longer ones are never module names).
+/// Longest string the walk remembers for `STACK_GLOBAL` (longer ones are never module names),
+/// and the longest module or name it lists (longer ones are cut, ending in `…`).
 const MAX_NAME: usize = 256;
 
-/// One global a pickle names.
+/// Most distinct globals one walk lists: a pickle naming more is hostile, and listing stops
+/// there (the walk says so), which keeps a report's memory and length bounded.
+pub const MAX_LISTED_GLOBALS: usize = 1024;
+
+/// One global a pickle names, with one opcode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedGlobal {
-    /// The module, as written (`?` when a `STACK_GLOBAL`'s operands are not resolvable).
+    /// The module, as written (`?` when a `STACK_GLOBAL`'s operands are not resolvable; cut
+    /// at 256 bytes).
     pub module: String,
-    /// The name, as written (`?` likewise).
+    /// The name, as written (`?` likewise; cut at 256 bytes).
     pub name: String,
-    /// Byte offset of the opcode in its pickle.
+    /// Byte offset of the first opcode naming it in its pickle.
     pub offset: u64,
+    /// How many opcodes of this kind name it.
+    pub count: usize,
     /// The opcode: `GLOBAL`, `INST` or `STACK_GLOBAL`.
     pub opcode: &'static str,
     /// Why the interpreter refuses it; `None` when it is on the allow-list and its opcode is
@@ -37,12 +45,50 @@ pub struct ListedGlobal {
 /// What [`list_globals`] found in one pickle.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct GlobalListing {
-    /// Every global, in file order.
+    /// Every global (module, name and opcode), in order of first appearance, at most
+    /// [`MAX_LISTED_GLOBALS`].
     pub globals: Vec<ListedGlobal>,
     /// The offset just after `STOP`, when the walk reached it.
     pub end: Option<usize>,
-    /// Why the walk stopped early (truncated input, an unknown opcode byte), if it did.
+    /// Why the walk stopped early (truncated input, an unknown opcode byte, more than
+    /// [`MAX_LISTED_GLOBALS`] globals, a pickle longer than `max_pickle_bytes`), if it did.
     pub stopped: Option<String>,
+}
+
+impl GlobalListing {
+    /// Counts one opcode naming `module.name`; `false` when it would be a new global beyond
+    /// [`MAX_LISTED_GLOBALS`] (then nothing is added).
+    fn add(
+        &mut self,
+        index: &mut HashMap<(String, String, &'static str), usize>,
+        global: ListedGlobal,
+    ) -> bool {
+        let key = (global.module.clone(), global.name.clone(), global.opcode);
+        if let Some(&i) = index.get(&key) {
+            if let Some(g) = self.globals.get_mut(i) {
+                g.count = g.count.saturating_add(1);
+            }
+            return true;
+        }
+        if self.globals.len() >= MAX_LISTED_GLOBALS {
+            return false;
+        }
+        index.insert(key, self.globals.len());
+        self.globals.push(global);
+        true
+    }
+}
+
+/// `text` cut to at most [`MAX_NAME`] bytes (at a character boundary), marked with `…`.
+fn listed_name(text: &str) -> String {
+    if text.len() <= MAX_NAME {
+        return text.to_string();
+    }
+    let end = (0..=MAX_NAME)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{}…", text.get(..end).unwrap_or(""))
 }
 
 /// The operand of an opcode, by layout.
@@ -125,11 +171,16 @@ fn refusal(
     }
 }
 
-/// Lists every global the pickle at the start of `data` names, in file order, with whether
-/// the interpreter (under `limits`) accepts it, without running anything. The walk ends at
-/// `STOP`, at the end of `data`, or at a byte that is not an opcode.
+/// Lists every global the pickle at the start of `data` names, in order of first appearance
+/// with a count, and whether the interpreter (under `limits`) accepts it, without running
+/// anything. The walk ends at `STOP`, at the end of `data` or of `limits.max_pickle_bytes`, at
+/// a byte that is not an opcode, or past [`MAX_LISTED_GLOBALS`] distinct globals.
 pub fn list_globals(data: &[u8], limits: &Limits) -> GlobalListing {
     let mut out = GlobalListing::default();
+    let mut index = HashMap::new();
+    let longest = usize::try_from(limits.max_pickle_bytes).unwrap_or(usize::MAX);
+    let cut = data.len() > longest;
+    let data = data.get(..longest).unwrap_or(data);
     // The last two values pushed, when they are strings (for STACK_GLOBAL), and memoized
     // strings by memo id (shared, so a string memoized under many ids is held once).
     let mut recent: [Option<Rc<str>>; 2] = [None, None];
@@ -139,10 +190,14 @@ pub fn list_globals(data: &[u8], limits: &Limits) -> GlobalListing {
     loop {
         let at = pos;
         let Some(&op) = data.get(pos) else {
-            stop(
-                &mut out,
-                format!("the pickle ends at byte {pos} without STOP"),
-            );
+            let why = if cut {
+                format!(
+                    "the pickle is longer than max_pickle_bytes ({longest}); not walked further"
+                )
+            } else {
+                format!("the pickle ends at byte {pos} without STOP")
+            };
+            stop(&mut out, why);
             return out;
         };
         pos = pos.saturating_add(1);
@@ -215,17 +270,22 @@ pub fn list_globals(data: &[u8], limits: &Limits) -> GlobalListing {
             b'c' | b'i' => {
                 let text = String::from_utf8_lossy(operand);
                 let mut lines = text.split('\n');
-                let module = lines.next().unwrap_or("").to_string();
-                let name = lines.next().unwrap_or("").to_string();
+                let module = lines.next().unwrap_or("");
+                let name = lines.next().unwrap_or("");
                 let opcode = if op == b'c' { "GLOBAL" } else { "INST" };
-                let refused = refusal(opcode, &module, &name, limits);
-                out.globals.push(ListedGlobal {
-                    module,
-                    name,
+                let refused = refusal(opcode, module, name, limits);
+                let global = ListedGlobal {
+                    module: listed_name(module),
+                    name: listed_name(name),
                     offset: at as u64,
+                    count: 1,
                     opcode,
                     refused,
-                });
+                };
+                if !out.add(&mut index, global) {
+                    stop(&mut out, too_many(at));
+                    return out;
+                }
                 pushed = Some(None);
             }
             0x93 => {
@@ -241,13 +301,18 @@ pub fn list_globals(data: &[u8], limits: &Limits) -> GlobalListing {
                         Some("STACK_GLOBAL operands are not string literals"),
                     ),
                 };
-                out.globals.push(ListedGlobal {
+                let global = ListedGlobal {
                     module,
                     name,
                     offset: at as u64,
+                    count: 1,
                     opcode: "STACK_GLOBAL",
                     refused,
-                });
+                };
+                if !out.add(&mut index, global) {
+                    stop(&mut out, too_many(at));
+                    return out;
+                }
                 pushed = Some(None);
             }
             b'X' | 0x8c | 0x8d | b'U' | b'T' => {
@@ -304,6 +369,11 @@ pub fn list_globals(data: &[u8], limits: &Limits) -> GlobalListing {
     }
 }
 
+/// Why a walk stopped listing at byte `at`.
+fn too_many(at: usize) -> String {
+    format!("more than {MAX_LISTED_GLOBALS} distinct globals; not listed from byte {at} on")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,12 +406,61 @@ mod tests {
                 ("posix", "system", "GLOBAL", true),
                 ("builtins", "eval", "INST", true),
                 ("os", "system", "STACK_GLOBAL", true),
-                ("os", "system", "STACK_GLOBAL", true),
                 ("?", "?", "STACK_GLOBAL", true),
             ]
         );
+        let counts: Vec<usize> = l.globals.iter().map(|g| g.count).collect();
+        assert_eq!(counts, [1, 1, 1, 2, 1]);
         assert_eq!(l.end, Some(p.len()));
         assert_eq!(l.globals.get(1).map(|g| g.offset), Some(29));
+    }
+
+    #[test]
+    fn listing_is_bounded() {
+        // Distinct globals past the cap stop the walk, with a reason.
+        let mut p = b"\x80\x02".to_vec();
+        for i in 0..MAX_LISTED_GLOBALS + 5 {
+            p.extend_from_slice(format!("cm{i}\nf\n0").as_bytes());
+        }
+        p.push(b'.');
+        let l = list_globals(&p, &Limits::default());
+        assert_eq!(l.globals.len(), MAX_LISTED_GLOBALS);
+        assert!(
+            l.stopped
+                .as_deref()
+                .is_some_and(|s| s.contains("distinct globals")),
+            "{:?}",
+            l.stopped
+        );
+        // One global named a million times is one entry with its count.
+        let mut p = b"\x80\x02".to_vec();
+        for _ in 0..1_000_000 {
+            p.extend_from_slice(b"cposix\nsystem\n0");
+        }
+        p.push(b'.');
+        let l = list_globals(&p, &Limits::default());
+        assert_eq!(l.globals.len(), 1);
+        assert_eq!(l.globals.first().map(|g| g.count), Some(1_000_000));
+        // Long names are cut; a pickle longer than max_pickle_bytes is walked up to it.
+        let long = "m".repeat(10_000);
+        let p = [b"\x80\x02c", long.as_bytes(), b"\nf\n0."].concat();
+        let l = list_globals(&p, &Limits::default());
+        assert_eq!(
+            l.globals.first().map(|g| g.module.len()),
+            Some(MAX_NAME + '…'.len_utf8())
+        );
+        let limits = Limits {
+            max_pickle_bytes: 8,
+            ..Limits::default()
+        };
+        let l = list_globals(b"\x80\x02N0N0N0N0N0.", &limits);
+        assert!(
+            l.stopped
+                .as_deref()
+                .is_some_and(|s| s.contains("max_pickle_bytes")),
+            "{:?}",
+            l.stopped
+        );
     }
 
     #[test]
