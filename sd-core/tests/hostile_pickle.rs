@@ -1086,6 +1086,52 @@ fn p25c_shared_dict_paths_are_bounded() {
     );
 }
 
+#[test]
+fn p25d_a_string_shared_by_many_metadata_keys_is_bounded() {
+    // {"w": tensor, "k0": S, "k1": S, ...}: one 256 KiB string, memoized once and the value of
+    // 4000 root keys. Each key's metadata is a copy of it: 1 GiB from a 300 KB file.
+    let t = tensor(&storage("FloatStorage", "0", 2), 0, &[2], &[1]);
+    let mut p = cat(&[
+        PROTO2,
+        b"}(",
+        &s("w"),
+        &t,
+        &s("k0"),
+        &s(&"x".repeat(256 << 10)),
+    ]);
+    p.extend_from_slice(b"q\x07");
+    for i in 1..4000 {
+        p.extend(s(&format!("k{i}")));
+        p.extend_from_slice(b"h\x07");
+    }
+    p.extend_from_slice(b"u.");
+    let e = open_err(torch_zip(&p, &[("0", &f32_bytes(2))]));
+    assert!(
+        matches!(
+            e.kind,
+            K::LimitExceeded {
+                limit: "max_name_bytes",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // A few such values are ordinary metadata.
+    let mut p = cat(&[
+        PROTO2,
+        b"}(",
+        &s("w"),
+        &t,
+        &s("k0"),
+        &s(&"x".repeat(256 << 10)),
+    ]);
+    p.extend_from_slice(b"q\x07");
+    p.extend(s("k1"));
+    p.extend_from_slice(b"h\x07u.");
+    let ck = open(torch_zip(&p, &[("0", &f32_bytes(2))])).expect("two metadata strings");
+    assert_eq!(ck.tensor_names(), ["w"]);
+}
+
 /// A pickle `{"w": tensor, "l": [ITEM × n]}` of about `bytes` bytes, the items appended in
 /// batches of 1000 as CPython writes a list; memo 0 holds the string "w".
 fn dense_list(item: &[u8], bytes: usize) -> Vec<u8> {

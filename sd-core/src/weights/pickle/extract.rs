@@ -63,18 +63,14 @@ const NAME_OVERHEAD: u64 = 160;
 /// # Errors
 /// `Malformed` if the root is not a dict, `DuplicateKey` if two entries flatten to the same
 /// name, `LimitExceeded` for nesting beyond `max_depth`, a name beyond 64 KiB, more entries
-/// walked than `max_state_dict_entries` or more name bytes than `max_name_bytes`.
+/// walked than `max_state_dict_entries` or more name and metadata bytes than
+/// `max_name_bytes`.
 pub fn extract_state_dict(doc: &Document, limits: &Limits) -> Result<StateDict, LoadError> {
     let root = doc.root();
     let root_entries = doc
         .dict(root)
         .ok_or(K::Malformed("the pickle's root is not a dict"))?;
     let mut out = StateDict::default();
-    for &(k, v) in root_entries {
-        if let (Some(k), Some(text)) = (doc.str(k), scalar_text(doc, v)) {
-            out.metadata.push((k.to_string(), text));
-        }
-    }
     let base = match doc.dict_get(root, "state_dict") {
         Some(sd @ Value::Dict(_)) => sd,
         _ => root,
@@ -98,6 +94,22 @@ pub fn extract_state_dict(doc: &Document, limits: &Limits) -> Result<StateDict, 
         }
         Ok(())
     };
+    // The root's scalars become metadata. A string the pickle holds once may be the value of
+    // many keys, so the copies are charged to the same budget as the names.
+    for &(k, v) in root_entries {
+        let Some(k) = doc.str(k) else { continue };
+        let text_len = match v {
+            Value::Str(_) => doc.str(v).map(str::len),
+            Value::Int(_) | Value::Float(_) | Value::Bool(_) => Some(0),
+            _ => None,
+        };
+        if let Some(len) = text_len {
+            charge(k.len().saturating_add(len))?;
+            if let Some(text) = scalar_text(doc, v) {
+                out.metadata.push((k.to_string(), text));
+            }
+        }
+    }
     let mut walked = 0u64;
     // The dicts on the current path: a dict met again among its own ancestors is a cycle.
     let mut on_path: HashSet<ObjId> = HashSet::new();

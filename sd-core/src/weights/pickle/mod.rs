@@ -55,7 +55,7 @@ pub use vm::{PersistentIds, unpickle};
 /// memo and declaration tables, and what every string, container, dict index and tensor
 /// declaration owns) and refuses the pickle with `LimitExceeded("max_heap_per_byte")` as soon
 /// as the count passes [`Limits::max_heap_per_byte`] bytes per pickle byte read so far plus
-/// 1 MiB. The state-dict reader charges the names it builds against
+/// 1 MiB. The state-dict reader charges the names and metadata it builds against
 /// [`Limits::max_name_bytes`] (by default 16 × the pickle's size + 1 MiB). With the defaults,
 /// opening a checkpoint therefore holds at most about 56 × its pickle's size + 2 MiB: genuine
 /// checkpoints measure 10–25 ×, and pickles dense in small objects (millions of empty dicts,
@@ -99,8 +99,8 @@ pub struct Limits {
     /// gives it under each, so a small hostile file can describe exponentially many paths:
     /// this bounds the walk. Default 4 Mi.
     pub max_state_dict_entries: u64,
-    /// Most bytes of flattened tensor names the state-dict reader builds, counted as the heap
-    /// they take (each name twice its length plus 160). `None` (the default) means 16 × the
+    /// Most bytes of flattened tensor names and root metadata (key and text) the state-dict
+    /// reader builds, counted as the heap they take (each twice its length plus 160). `None` (the default) means 16 × the
     /// pickle's size + 1 MiB, which keeps the names within a small multiple of the file even
     /// when dicts are shared or nested under long prefixes (genuine checkpoints need 1–3 ×).
     pub max_name_bytes: Option<u64>,
