@@ -92,6 +92,15 @@ fn dtype_converts_floats_and_keeps_integers() {
     let out = dir.join("f16.safetensors");
     let o = run(&[p(&fixture("ckpt/sd_zip.ckpt")), p(&out), "--dtype", "f16"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    // The output has the permissions of any new file (not the private ones of a temporary).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let plain = dir.join("plain");
+        std::fs::write(&plain, b"").expect("write");
+        let mode = |f: &std::path::Path| std::fs::metadata(f).expect("stat").permissions().mode();
+        assert_eq!(mode(&out) & 0o777, mode(&plain) & 0o777);
+    }
     let (got, _) = read_st(&out);
     let (want, _) = read_st(&fixture("ckpt/sd_zip.safetensors"));
     let mut floats = 0;

@@ -1079,12 +1079,22 @@ pub fn write_safetensors_raw(
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".partial");
     let tmp = PathBuf::from(tmp);
+    // The crate writes through a temporary file created private (0600); a file created here
+    // gets the permissions every other output gets (0666 less the umask), kept for the result.
+    std::fs::File::create(&tmp).map_err(|e| Error::io_writing(path, e))?;
+    let permissions = std::fs::metadata(&tmp)
+        .map_err(|e| Error::io_writing(path, e))?
+        .permissions();
     safetensors::serialize_to_file(views, metadata.cloned(), &tmp).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         match e {
             safetensors::SafeTensorError::IoError(io) => Error::io_writing(path, io),
             e => Error::invalid_argument("tensors", format!("cannot serialize: {e}")),
         }
+    })?;
+    std::fs::set_permissions(&tmp, permissions).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io_writing(path, e)
     })?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
