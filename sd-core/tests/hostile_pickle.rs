@@ -458,8 +458,16 @@ fn p04_stack_global_is_off_by_default_and_checked_when_on() {
     // The message names the opcode and the switch that accepts it.
     let msg = e.to_string();
     assert!(
-        msg.contains("0x93 (STACK_GLOBAL") && msg.contains("allow_protocol4"),
+        msg.contains("0x93 (STACK_GLOBAL, written from pickle protocol 4 on")
+            && msg.contains("allow_protocol4"),
         "{msg}"
+    );
+    // A bytes value of a protocol-3 pickle belongs to the same optional tier, named as such.
+    let e = both("P4 bytes", b"\x80\x03C\x01x.");
+    assert!(
+        e.to_string()
+            .contains("0x43 (SHORT_BINBYTES, written from pickle protocol 3 on"),
+        "{e}"
     );
     let l = Limits {
         allow_protocol4: true,
@@ -1116,6 +1124,7 @@ fn p25d_a_string_shared_by_many_metadata_keys_is_bounded() {
         ),
         "{e}"
     );
+    assert!(e.to_string().contains("names and metadata"), "{e}");
     // A few such values are ordinary metadata.
     let mut p = cat(&[
         PROTO2,

@@ -289,10 +289,10 @@ impl fmt::Display for LoadErrorKind {
             K::Zip(p) => write!(f, "zip container: {p}"),
             K::Io(kind) => write!(f, "i/o error: {kind}"),
             K::UnsupportedOpcode { op } => match protocol4_opcode(*op) {
-                Some(name) => write!(
+                Some((name, since)) => write!(
                     f,
-                    "refused pickle opcode {op:#04x} ({name}, written by pickle protocols 3/4 and \
-                     later; accepted only with Limits::allow_protocol4)"
+                    "refused pickle opcode {op:#04x} ({name}, written from pickle protocol \
+                     {since} on; accepted only with Limits::allow_protocol4)"
                 ),
                 None => write!(f, "refused pickle opcode {op:#04x}"),
             },
@@ -354,10 +354,15 @@ impl fmt::Display for LoadErrorKind {
             K::LimitExceeded { limit, value } => {
                 write!(f, "limit `{limit}` exceeded ({value})")?;
                 match *limit {
-                    "max_state_dict_entries" | "max_name_bytes" => write!(
+                    "max_state_dict_entries" => write!(
                         f,
                         ": the state dict flattens to too many names (a dict reached under \
                          several keys counts once per key)"
+                    ),
+                    "max_name_bytes" => write!(
+                        f,
+                        ": the state dict's names and metadata would take too much memory (a \
+                         dict or string reached under several keys counts once per key)"
                     ),
                     _ => Ok(()),
                 }
@@ -367,14 +372,14 @@ impl fmt::Display for LoadErrorKind {
 }
 
 /// The name of an opcode of the optional protocol 3/4 tier.
-fn protocol4_opcode(op: u8) -> Option<&'static str> {
+fn protocol4_opcode(op: u8) -> Option<(&'static str, u8)> {
     Some(match op {
-        0x8c => "SHORT_BINUNICODE",
-        b'B' => "BINBYTES",
-        b'C' => "SHORT_BINBYTES",
-        0x94 => "MEMOIZE",
-        0x95 => "FRAME",
-        0x93 => "STACK_GLOBAL",
+        b'B' => ("BINBYTES", 3),
+        b'C' => ("SHORT_BINBYTES", 3),
+        0x8c => ("SHORT_BINUNICODE", 4),
+        0x94 => ("MEMOIZE", 4),
+        0x95 => ("FRAME", 4),
+        0x93 => ("STACK_GLOBAL", 4),
         _ => return None,
     })
 }
